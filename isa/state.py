@@ -1,0 +1,85 @@
+"""The flat machine state shared by every core: one int64 numpy array with named slots.
+
+All 32-bit quantities are stored as unsigned values 0..2**32-1.  ``cycle`` and ``steps`` are full 64-bit
+counters (``mfcr cycle`` returns the low 32 bits).  The layout is mirrored by ``native/core.c``; change both.
+
+Core contract: ``run(state, mem, budget) -> exit code``.  A *step* is one retired instruction or one trap or
+interrupt taken into the guest's vector; a core runs at most ``budget`` steps.  Exits that hand something to
+the host (EXIT_TRAP, EXIT_IO, EXIT_HCALL, EXIT_IDLE) leave the machine exactly before the instruction
+concerned: ``pc`` points at it and nothing has changed, so the host may emulate it and then ``retire``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from isa.spec import CR_CYCLE, CR_TIMER, NUM_CRS, PROFILE_KEYS, PSW_S
+
+# Slots.
+R0 = 0  # r0..r15 at 0..15
+PC = 16
+CR0 = 17  # control register n at CR0 + n
+PSW, EPC, EPSW, CAUSE, BADADDR, IVT, BASE, BOUND, EBASE, EBOUND, TIMER, SCRATCH, CYCLE = range(CR0, CR0 + NUM_CRS)
+PENDING = 30  # pending interrupts: bit 0 timer, bit 1 device
+DEVNUM = 31  # device number of a pending device interrupt
+FLAGS = 32  # host flags, below
+XCAUSE = 33  # on EXIT_TRAP: the cause; on EXIT_HCALL: the call number
+XINFO = 34  # on EXIT_TRAP: what badaddr would have received
+IO_PORT = 35  # on EXIT_IO: the port,
+IO_WRITE = 36  # 1 for out, 0 for in,
+IO_VALUE = 37  # the value written by out,
+IO_REG = 38  # and the register that in reads into
+STEPS = 39  # steps run since reset (64-bit)
+STATUS = 40  # exit status after halt (r1 & 0xFF)
+PROFILE = 48  # one behaviour code (spec.TRAP/EXECUTE/IGNORE) per spec.PROFILE_KEYS entry
+NSLOTS = 128
+
+PEND_TIMER = 1
+PEND_DEVICE = 2
+
+# Host flags (FLAGS slot).
+F_TRAPS_TO_HOST = 1  # every trap and interrupt exits with EXIT_TRAP instead of entering the guest's vector
+F_HCALL_TO_HOST = 2  # hcall exits with EXIT_HCALL instead of raising ILLEGAL (a monitor is present)
+
+# Exit codes.
+EXIT_HALT = 0  # halt retired; status in STATUS
+EXIT_BUDGET = 1  # budget spent
+EXIT_TRAP = 2  # a trap or interrupt for the host (F_TRAPS_TO_HOST); cause in XCAUSE, badaddr in XINFO
+EXIT_IO = 3  # in/out for the host to perform; see IO_* slots
+EXIT_HCALL = 4  # hcall with F_HCALL_TO_HOST; number in XCAUSE
+EXIT_IDLE = 5  # wfi with nothing pending and nothing that could ever make it pending (or F_TRAPS_TO_HOST)
+EXIT_ERROR = 6  # the core could not go on (never caused by a guest; a bug)
+EXIT_NAMES = ["halt", "budget", "trap", "io", "hcall", "idle", "error"]
+
+MASK32 = 0xFFFFFFFF
+assert CYCLE == CR0 + CR_CYCLE and TIMER == CR0 + CR_TIMER and PROFILE + len(PROFILE_KEYS) <= NSLOTS
+
+
+def new_state(memsize: int, profile: np.ndarray | None = None) -> np.ndarray:
+    """A state at reset (ISA §1): supervisor mode, IE off, R = (0, memsize), pc 0."""
+    state = np.zeros(NSLOTS, dtype=np.int64)
+    state[PSW] = PSW_S
+    state[BOUND] = memsize
+    if profile is not None:
+        state[PROFILE : PROFILE + len(PROFILE_KEYS)] = profile
+    return state
+
+
+def retire(state: np.ndarray, next_pc: int | None = None) -> None:
+    """Retire an instruction the host emulated: move pc on, tick cycle and the timer (ISA §4, Time)."""
+    state[PC] = (int(state[PC]) + 4 if next_pc is None else next_pc) & MASK32
+    state[CYCLE] += 1
+    state[STEPS] += 1
+    if state[TIMER]:
+        state[TIMER] -= 1
+        if state[TIMER] == 0:
+            state[PENDING] |= PEND_TIMER
+
+
+def complete_io(state: np.ndarray, value: int = 0) -> None:
+    """Finish an EXIT_IO: store what ``in`` read into its register, then retire the instruction."""
+    if not state[IO_WRITE]:
+        reg = int(state[IO_REG])
+        if reg:
+            state[R0 + reg] = value & MASK32
+    retire(state)
