@@ -1,0 +1,353 @@
+"""The reference core: P32 in plain Python, written for clarity. It is the executable specification.
+
+Every other core must leave ``state`` and ``mem`` exactly as this one does (docs/isa.md states the rules).
+Each instruction is one small semantics function registered against its mnemonic in the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from isa import spec
+from isa import state as S
+from isa.spec import CR_NAMES, EXECUTE, IGNORE, PROFILE_INDEX, PSW_IE, PSW_S, decode, sext
+
+M32 = S.MASK32
+
+
+class Trap(Exception):
+    """Raised inside one step to abandon the instruction and take a trap (precise: nothing was changed)."""
+
+    def __init__(self, cause: int, info: int) -> None:
+        self.cause, self.info = cause, info & M32
+
+
+class HostExit(Exception):
+    """Raised inside one step when the instruction must be completed by the host."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+class Cpu:
+    """A view of the flat state with the helpers the semantics functions use."""
+
+    def __init__(self, state: np.ndarray, mem: np.ndarray) -> None:
+        self.s, self.mem, self.memsize = state, mem, len(mem)
+        self.next_pc = 0
+        self.word = 0  # the instruction word being executed
+        self.tick_timer = True
+
+    def reg(self, n: int) -> int:
+        return int(self.s[n])
+
+    def set_reg(self, n: int, value: int) -> None:
+        if n:
+            self.s[n] = value & M32
+
+    def cr(self, n: int) -> int:
+        return int(self.s[S.CR0 + n]) & M32
+
+    def translate(self, va: int, n: int) -> int:
+        """Relocate a virtual address (ISA §2); raise ALIGN or MEM."""
+        va &= M32
+        if n == 4 and va % 4:
+            raise Trap(spec.ALIGN, va)
+        if va + n > self.cr(spec.CR_BOUND) or self.cr(spec.CR_BASE) + va + n > self.memsize:
+            raise Trap(spec.MEM_FAULT, va)
+        return self.cr(spec.CR_BASE) + va
+
+    def load(self, va: int, n: int) -> int:
+        pa = self.translate(va, n)
+        return int.from_bytes(self.mem[pa : pa + n].tobytes(), "little")
+
+    def store(self, va: int, n: int, value: int) -> None:
+        pa = self.translate(va, n)
+        self.mem[pa : pa + n] = np.frombuffer((value & ((1 << (8 * n)) - 1)).to_bytes(n, "little"), np.uint8)
+
+
+Semantics = Callable[[Cpu, spec.Decoded, int], None]
+SEMANTICS: dict[str, Semantics] = {}
+
+
+def semantics(*mnemonics: str) -> Callable[[Semantics], Semantics]:
+    """Register one function as the meaning of the given mnemonics."""
+
+    def register(fn: Semantics) -> Semantics:
+        for m in mnemonics:
+            SEMANTICS[m] = fn
+        return fn
+
+    return register
+
+
+def _signed(x: int) -> int:
+    return x - (1 << 32) if x & 0x80000000 else x
+
+
+def _div(a: int, b: int) -> int:
+    q = abs(a) // abs(b)
+    return q if (a < 0) == (b < 0) else -q
+
+
+_ALU: dict[str, Callable[[int, int], int]] = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "and": lambda a, b: a & b,
+    "or": lambda a, b: a | b,
+    "xor": lambda a, b: a ^ b,
+    "shl": lambda a, b: a << (b & 31),
+    "shr": lambda a, b: a >> (b & 31),
+    "sar": lambda a, b: _signed(a) >> (b & 31),
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: _div(_signed(a), _signed(b)),
+    "divu": lambda a, b: a // b,
+    "rem": lambda a, b: _signed(a) - _div(_signed(a), _signed(b)) * _signed(b),
+    "remu": lambda a, b: a % b,
+    "slt": lambda a, b: int(_signed(a) < _signed(b)),
+    "sltu": lambda a, b: int(a < b),
+}
+_IMM_ALU = {"addi": ("add", True), "andi": ("and", False), "ori": ("or", False), "xori": ("xor", False),
+            "shli": ("shl", False), "shri": ("shr", False), "sari": ("sar", False), "slti": ("slt", True),
+            "sltiu": ("sltu", True)}  # fmt: skip
+_BRANCH: dict[str, Callable[[int, int], bool]] = {
+    "beq": lambda a, b: a == b,
+    "bne": lambda a, b: a != b,
+    "blt": lambda a, b: _signed(a) < _signed(b),
+    "bge": lambda a, b: _signed(a) >= _signed(b),
+    "bltu": lambda a, b: a < b,
+    "bgeu": lambda a, b: a >= b,
+}
+
+
+@semantics(*_ALU)
+def _alu(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    b = cpu.reg(d.c)
+    if d.insn.mnemonic in ("div", "divu", "rem", "remu") and b == 0:
+        raise Trap(spec.DIVZERO, 0)
+    cpu.set_reg(d.a, _ALU[d.insn.mnemonic](cpu.reg(d.b), b))
+
+
+@semantics(*_IMM_ALU)
+def _alu_imm(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    op, signed = _IMM_ALU[d.insn.mnemonic]
+    imm = sext(d.imm, 16) & M32 if signed else d.imm
+    cpu.set_reg(d.a, _ALU[op](cpu.reg(d.b), imm))
+
+
+@semantics("lui")
+def _lui(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    cpu.set_reg(d.a, d.imm << 16)
+
+
+@semantics("ld", "ldb", "ldbu")
+def _load(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    va = cpu.reg(d.b) + sext(d.imm, 16)
+    if d.insn.mnemonic == "ld":
+        cpu.set_reg(d.a, cpu.load(va, 4))
+    else:
+        byte = cpu.load(va, 1)
+        cpu.set_reg(d.a, sext(byte, 8) if d.insn.mnemonic == "ldb" else byte)
+
+
+@semantics("st", "stb")
+def _store(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    cpu.store(cpu.reg(d.b) + sext(d.imm, 16), 4 if d.insn.mnemonic == "st" else 1, cpu.reg(d.a))
+
+
+@semantics(*_BRANCH)
+def _branch(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    if _BRANCH[d.insn.mnemonic](cpu.reg(d.a), cpu.reg(d.b)):
+        cpu.next_pc = pc + 4 * sext(d.imm, 16)
+
+
+@semantics("jal")
+def _jal(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    cpu.set_reg(d.a, pc + 4)
+    cpu.next_pc = pc + 4 * sext(d.imm, 20)
+
+
+@semantics("jalr")
+def _jalr(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    cpu.next_pc = cpu.reg(d.b) + sext(d.imm, 16)
+    cpu.set_reg(d.a, pc + 4)
+
+
+@semantics("syscall")
+def _syscall(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    raise Trap(spec.SYSCALL, d.imm)
+
+
+@semantics("brk")
+def _brk(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    raise Trap(spec.BREAK, d.imm)
+
+
+@semantics("hcall")
+def _hcall(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    if not cpu.s[S.FLAGS] & S.F_HCALL_TO_HOST:
+        raise Trap(spec.ILLEGAL, cpu.word)
+    cpu.s[S.XCAUSE] = d.imm
+    raise HostExit(S.EXIT_HCALL)
+
+
+@semantics("iret")
+def _iret(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    s = cpu.s
+    cpu.next_pc = cpu.cr(spec.CR_EPC)
+    s[S.PSW], s[S.BASE], s[S.BOUND] = s[S.EPSW] & 3, s[S.EBASE], s[S.EBOUND]
+
+
+@semantics("halt")
+def _halt(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    cpu.s[S.STATUS] = cpu.reg(1) & 0xFF
+    raise HostExit(S.EXIT_HALT)  # retired by the step loop before it exits
+
+
+@semantics("wfi")
+def _wfi(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    s = cpu.s
+    if s[S.PENDING]:
+        return
+    if s[S.TIMER] == 0 or s[S.FLAGS] & S.F_TRAPS_TO_HOST:
+        raise HostExit(S.EXIT_IDLE)
+    s[S.CYCLE] += s[S.TIMER]  # idle until the timer fires, then retire (one more tick)
+    s[S.TIMER] = 0
+    s[S.PENDING] |= S.PEND_TIMER
+
+
+@semantics("mfcr")
+def _mfcr(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    cpu.set_reg(d.a, cpu.cr(d.imm))
+
+
+@semantics("mtcr")
+def _mtcr(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    value = cpu.reg(d.a)
+    if d.imm == spec.CR_CYCLE:
+        return
+    if d.imm == spec.CR_PSW:
+        value &= 3
+    elif d.imm == spec.CR_TIMER:
+        cpu.s[S.PENDING] &= ~S.PEND_TIMER
+        cpu.tick_timer = False
+    cpu.s[S.CR0 + d.imm] = value
+
+
+@semantics("in", "out")
+def _io(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    s = cpu.s
+    s[S.IO_PORT], s[S.IO_WRITE] = d.imm, int(d.insn.mnemonic == "out")
+    s[S.IO_VALUE], s[S.IO_REG] = (cpu.reg(d.a), 0) if d.insn.mnemonic == "out" else (0, d.a)
+    raise HostExit(S.EXIT_IO)
+
+
+@semantics("getpsw")
+def _getpsw(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    cpu.set_reg(d.a, cpu.cr(spec.CR_PSW))
+
+
+@semantics("setpsw")
+def _setpsw(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    cpu.s[S.PSW] = cpu.reg(d.a) & 3
+
+
+@semantics("getbase")
+def _getbase(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    cpu.set_reg(d.a, cpu.cr(spec.CR_BASE))
+
+
+assert set(SEMANTICS) == set(spec.BY_MNEMONIC), "every instruction needs semantics"
+
+
+def profile_key(d: spec.Decoded) -> str | None:
+    """The profile key governing this decoded instruction in user mode (``mfcr.base``…), if any."""
+    key = d.insn.profile_key
+    if key in ("mfcr", "mtcr"):
+        return f"{key}.{CR_NAMES[d.imm]}"
+    return key
+
+
+def enter_trap(s: np.ndarray, memsize: int, cause: int, info: int, epc: int) -> None:
+    """Take a trap into the guest's vector (ISA §4): save PSW, PC and R, go to supervisor mode at ivt."""
+    s[S.EPC], s[S.EPSW], s[S.EBASE], s[S.EBOUND] = epc & M32, s[S.PSW], s[S.BASE], s[S.BOUND]
+    s[S.CAUSE], s[S.BADADDR] = cause, info & M32
+    s[S.PSW], s[S.BASE], s[S.BOUND], s[S.PC] = PSW_S, 0, memsize, s[S.IVT]
+
+
+def _trap(s: np.ndarray, memsize: int, cause: int, info: int) -> int | None:
+    """Deliver a trap at the current pc: to the host (an exit code) or into the guest (None)."""
+    if s[S.FLAGS] & S.F_TRAPS_TO_HOST:
+        s[S.XCAUSE], s[S.XINFO] = cause, info & M32
+        return S.EXIT_TRAP
+    enter_trap(s, memsize, cause, info, int(s[S.PC]))
+    s[S.STEPS] += 1
+    return None
+
+
+def pending_interrupt(s: np.ndarray) -> tuple[int, int] | None:
+    """The interrupt the core would take now (cause, badaddr), or None."""
+    if not s[S.PSW] & PSW_IE:
+        return None
+    if s[S.PENDING] & S.PEND_TIMER:
+        return spec.TIMER_IRQ, 0
+    if s[S.PENDING] & S.PEND_DEVICE:
+        return spec.DEVICE_IRQ, int(s[S.DEVNUM])
+    return None
+
+
+def step(cpu: Cpu) -> int | None:
+    """Run one step; return an exit code when the core must stop, else None."""
+    s = cpu.s
+    irq = pending_interrupt(s)
+    if irq is not None:
+        return _trap(s, cpu.memsize, *irq)
+    pc = int(s[S.PC])
+    try:
+        word = cpu.load(pc, 4)
+        d = decode(word)
+        if d is None:
+            raise Trap(spec.ILLEGAL, word)
+        cpu.word = word
+        behaviour = EXECUTE
+        key = profile_key(d)
+        if key is not None and not s[S.PSW] & PSW_S:
+            behaviour = int(s[S.PROFILE + PROFILE_INDEX[key]])
+            if behaviour not in (EXECUTE, IGNORE):
+                raise Trap(spec.PRIV, word)
+        cpu.next_pc, cpu.tick_timer = pc + 4, True
+        exit_code = None
+        if behaviour == EXECUTE:
+            try:
+                SEMANTICS[d.insn.mnemonic](cpu, d, pc)
+            except HostExit as e:
+                if e.code != S.EXIT_HALT:
+                    return e.code
+                exit_code = e.code
+    except Trap as t:
+        return _trap(s, cpu.memsize, t.cause, t.info)
+    _retire(cpu)
+    return exit_code
+
+
+def _retire(cpu: Cpu) -> None:
+    s = cpu.s
+    s[S.PC] = cpu.next_pc & M32
+    s[S.CYCLE] += 1
+    s[S.STEPS] += 1
+    if cpu.tick_timer and s[S.TIMER]:
+        s[S.TIMER] -= 1
+        if s[S.TIMER] == 0:
+            s[S.PENDING] |= S.PEND_TIMER
+
+
+def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
+    """Run at most ``budget`` steps of the machine in ``state``/``mem``; return the exit code."""
+    cpu = Cpu(state, mem)
+    for _ in range(max(0, int(budget))):
+        code = step(cpu)
+        if code is not None:
+            return code
+    return S.EXIT_BUDGET
