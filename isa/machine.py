@@ -86,8 +86,10 @@ class Machine:
         else:
             S.complete_io(st, self.bus.read(int(st[S.IO_PORT])))
 
-    def run(self, max_steps: int = 100_000_000, on_step: Callable[[Machine], None] | None = None) -> RunResult:
-        """Run until ``halt``, an endless ``wfi`` or ``max_steps`` steps (``on_step``: trace one step at a time)."""
+    def run(
+        self, max_steps: int = 100_000_000, on_step: Callable[[Machine, np.ndarray], None] | None = None
+    ) -> RunResult:
+        """Run until ``halt``, an endless ``wfi`` or ``max_steps`` steps; ``on_step`` traces one step at a time."""
         st = self.state
         start = int(st[S.STEPS])
         exit_name, message = "limit", f"stopped after {max_steps} steps (the step limit; see --max-steps)"
@@ -95,9 +97,10 @@ class Machine:
             left = max_steps - (int(st[S.STEPS]) - start)
             if left <= 0:
                 break
+            before = st.copy() if on_step else None
             code = self.core(st, self.mem, 1 if on_step else min(left, SLICE))
             if on_step:
-                on_step(self)
+                on_step(self, before)
             if code == S.EXIT_HALT:
                 self.halted, exit_name, message = True, "halt", ""
             elif code == S.EXIT_IO:

@@ -109,9 +109,7 @@ REG_ALIASES = {"zero": 0, "sp": 14, "lr": 15}
 
 # Profile keys (ISA §5), in a fixed order: the cores read a profile as one behaviour code per key.
 SIMPLE_PROFILE_KEYS = ["iret", "halt", "wfi", "in", "out", "getpsw", "setpsw", "getbase"]
-PROFILE_KEYS = (
-    SIMPLE_PROFILE_KEYS + [f"mfcr.{n}" for n in CR_NAMES] + [f"mtcr.{n}" for n in CR_NAMES]
-)
+PROFILE_KEYS = SIMPLE_PROFILE_KEYS + [f"mfcr.{n}" for n in CR_NAMES] + [f"mtcr.{n}" for n in CR_NAMES]
 PROFILE_INDEX = {k: i for i, k in enumerate(PROFILE_KEYS)}
 TRAP, EXECUTE, IGNORE = 0, 1, 2
 BEHAVIOURS = {"trap": TRAP, "execute": EXECUTE, "ignore": IGNORE}

@@ -1,0 +1,18 @@
+"""The monitors, one file each, behind one interface (``vmm.monitors.base.Monitor``)."""
+
+from __future__ import annotations
+
+from isa.core import CoreRun
+from vmm.monitors.base import Monitor
+from vmm.monitors.full_emulation import FullEmulation
+from vmm.monitors.hybrid import Hybrid
+from vmm.monitors.trap_emulate import TrapAndEmulate
+
+MONITORS: dict[str, type[Monitor]] = {m.name: m for m in (FullEmulation, TrapAndEmulate, Hybrid)}
+
+
+def get_monitor(name: str, core: str | CoreRun = "jit") -> Monitor:
+    """A monitor by name (full, trap, hybrid, ...) running guests on ``core``."""
+    if name not in MONITORS:
+        raise ValueError(f"unknown monitor '{name}' (choose from bare, {', '.join(MONITORS)})")
+    return MONITORS[name](core)
