@@ -99,18 +99,18 @@ class Machine:
                 break
             before = st.copy() if on_step else None
             code = self.core(st, self.mem, 1 if on_step else min(left, SLICE))
+            if code == S.EXIT_IO:
+                self.io_exits += 1
+                self.handle_io()
             if on_step:
                 on_step(self, before)
             if code == S.EXIT_HALT:
                 self.halted, exit_name, message = True, "halt", ""
-            elif code == S.EXIT_IO:
-                self.io_exits += 1
-                self.handle_io()
             elif code == S.EXIT_IDLE:
                 exit_name = "idle"
                 message = f"wfi at {int(st[S.PC]):#010x} can never end: no interrupt pending, timer 0, no device"
                 break
-            elif code != S.EXIT_BUDGET:
+            elif code not in (S.EXIT_BUDGET, S.EXIT_IO):
                 exit_name, message = "error", f"core stopped with exit code {code} ({_exit_name(code)})"
                 break
         return self.result(exit_name, message)
