@@ -62,6 +62,7 @@ class VM:
         self.bus = PortBus(self.console)
         self.vcpu = reference.Cpu(self.vstate, self.mem)  # for instructions the monitor emulates
         self.stats = VMStats()
+        self.host_io: list[tuple[int, bool, int]] = []  # untrapped port I/O that reached the host's devices
         self.halted = False
         self.error = ""  # why the VM stopped, when it did not halt
 

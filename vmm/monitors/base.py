@@ -53,9 +53,25 @@ class DirectExecution(Monitor):
                 return self.emulate(vm)  # a privileged instruction of the guest kernel
             vm.reflect(cause, info)
             return 1
-        # in/out or an idling wfi that the profile lets user mode execute: finish it on the virtual CPU
         vm.stats.exits[S.EXIT_NAMES[code]] += 1
-        return self.emulate(vm)
+        if code == S.EXIT_IO:  # in/out executed in real user mode: it reaches the host's real devices
+            return self.real_io(vm)
+        if code == S.EXIT_IDLE:  # wfi executed in real user mode: the real processor waits for a real interrupt
+            vm.error = (
+                f"wfi at {int(vm.vstate[S.PC]):#010x} ran untrapped on the real processor, "
+                "which has no interrupt to wake it (the virtual timer does not reach real hardware)"
+            )
+            return 0
+        vm.error = f"unexpected exit {S.EXIT_NAMES[code]} from the core"
+        return 0
+
+    def real_io(self, vm: VM) -> int:
+        """Perform an untrapped in/out on the host's own devices, not the VM's: the guest cannot see it."""
+        r = vm.rstate
+        vm.host_io.append((int(r[S.IO_PORT]), bool(r[S.IO_WRITE]), int(r[S.IO_VALUE])))
+        vm.vstate[S.IO_WRITE], vm.vstate[S.IO_REG] = r[S.IO_WRITE], r[S.IO_REG]
+        S.complete_io(vm.vstate, 0xFFFFFFFF)  # the host's ports read as absent to a guest
+        return 1
 
     def emulate(self, vm: VM) -> int:
         """Emulate the instruction at the guest's pc against the virtual CPU; return the steps it took."""
