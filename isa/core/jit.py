@@ -1,0 +1,545 @@
+"""The Numba core: P32 compiled to machine code, with exactly the reference core's semantics.
+
+``run(state, mem, budget) -> exit code`` leaves ``state`` and ``mem`` bit for bit as ``reference.run`` does,
+for any budget and any split of a run into several calls (docs/isa.md).  It is the project's "hardware", so
+it is written for speed:
+
+- the hot machine state lives in local variables: ``pc``, the relocation base and one precomputed limit
+  ``lim = min(bound, memsize - base)`` so that a bounds check is a single comparison; the registers stay
+  in ``state[0:16]`` (their home) and every other CR is read from and written to ``state`` directly by the
+  rare instructions that touch it;
+- time is lazy: ``r`` counts instructions retired during this call, and the timer is kept as the value of
+  ``r`` at which it reaches zero (``tdead``), so one comparison per instruction (``r >= stop``) covers the
+  budget, the timer and every other event; ``cycle``, ``timer`` and ``steps`` are written back on exit;
+- interrupts are looked at only on that slow path, which an instruction that could make one deliverable
+  (``mtcr``, ``setpsw``, ``iret``, ``wfi``) forces by setting ``stop = -1``; a trap does the same after
+  recording its cause, so every trap is delivered in one place;
+- memory is indexed with unsigned integers (no negative-index fix-up) and every access is checked against
+  ``lim`` first, so no guest value and no value in ``state`` can reach outside ``mem``;
+- every instruction word is fetched from memory on every step, so self-modifying code needs no care.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+from isa import spec
+from isa import state as S
+
+# Everything below is a module-level int, which Numba freezes into the compiled code as a constant.
+M32 = 0xFFFFFFFF
+PC = S.PC
+PSW, EPC, EPSW, CAUSE, BADADDR, IVT, BASE, BOUND = S.PSW, S.EPC, S.EPSW, S.CAUSE, S.BADADDR, S.IVT, S.BASE, S.BOUND
+EBASE, EBOUND, TIMER, CYCLE, CR0 = S.EBASE, S.EBOUND, S.TIMER, S.CYCLE, S.CR0
+PENDING, DEVNUM, FLAGS, XCAUSE, XINFO = S.PENDING, S.DEVNUM, S.FLAGS, S.XCAUSE, S.XINFO
+IO_PORT, IO_WRITE, IO_VALUE, IO_REG, STEPS, STATUS = S.IO_PORT, S.IO_WRITE, S.IO_VALUE, S.IO_REG, S.STEPS, S.STATUS
+F_TRAPS_TO_HOST, F_HCALL_TO_HOST = S.F_TRAPS_TO_HOST, S.F_HCALL_TO_HOST
+EXIT_HALT, EXIT_BUDGET, EXIT_TRAP, EXIT_IO = S.EXIT_HALT, S.EXIT_BUDGET, S.EXIT_TRAP, S.EXIT_IO
+EXIT_HCALL, EXIT_IDLE = S.EXIT_HCALL, S.EXIT_IDLE
+EXECUTE, IGNORE = spec.EXECUTE, spec.IGNORE
+NUM_CRS, CR_PSW, CR_BASE, CR_BOUND = spec.NUM_CRS, spec.CR_PSW, spec.CR_BASE, spec.CR_BOUND
+CR_TIMER, CR_CYCLE = spec.CR_TIMER, spec.CR_CYCLE
+SYSCALL, PRIV, ILLEGAL, MEM_FAULT, ALIGN = spec.SYSCALL, spec.PRIV, spec.ILLEGAL, spec.MEM_FAULT, spec.ALIGN
+DIVZERO, BREAK, TIMER_IRQ, DEVICE_IRQ = spec.DIVZERO, spec.BREAK, spec.TIMER_IRQ, spec.DEVICE_IRQ
+P_IRET, P_HALT, P_WFI, P_IN, P_OUT, P_GETPSW, P_SETPSW, P_GETBASE = (
+    S.PROFILE + spec.PROFILE_INDEX[k] for k in spec.SIMPLE_PROFILE_KEYS
+)
+P_MFCR = S.PROFILE + spec.PROFILE_INDEX["mfcr." + spec.CR_NAMES[0]]  # mfcr.X at P_MFCR + X
+P_MTCR = S.PROFILE + spec.PROFILE_INDEX["mtcr." + spec.CR_NAMES[0]]  # mtcr.X at P_MTCR + X
+assert all(spec.PROFILE_INDEX[f"mfcr.{n}"] + S.PROFILE == P_MFCR + i for i, n in enumerate(spec.CR_NAMES))
+assert all(spec.PROFILE_INDEX[f"mtcr.{n}"] + S.PROFILE == P_MTCR + i for i, n in enumerate(spec.CR_NAMES))
+MAX_BUDGET = 1 << 62  # more steps than any run can take; keeps the step arithmetic far from overflow
+U1, U2, U3 = np.uint64(1), np.uint64(2), np.uint64(3)
+
+
+# --- Numba's on-disk cache -------------------------------------------------------------------------------
+# Numba keeps compiled code in the package's __pycache__ when it can write there, else in its user-wide
+# cache (~/.cache/numba).  When neither is writable (a read-only install with a read-only or absent home),
+# Numba would refuse to cache at all and fail at import, so we then point it at a directory of our own.
+
+
+def _writable(path: str) -> bool:
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return False
+    return True
+
+
+def _fallback_cache_dir() -> str | None:
+    """A user cache directory for compiled code, used when Numba's own choices are not writable."""
+    from numba.misc.appdirs import AppDirs
+
+    if numba.config.CACHE_DIR:
+        return None  # NUMBA_CACHE_DIR is set: the user chose
+    if _writable(os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")):
+        return None
+    if _writable(AppDirs(appname="numba", appauthor=False).user_cache_dir):
+        return None
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for candidate in (
+        os.path.join(xdg, "popek", "numba"),
+        os.path.join(tempfile.gettempdir(), f"popek-numba-{os.getuid() if hasattr(os, 'getuid') else 'user'}"),
+    ):
+        if _writable(candidate):
+            return candidate
+    return ""  # nowhere to write: compile without caching
+
+
+@contextlib.contextmanager
+def _cache_dir(path: str | None) -> Iterator[None]:
+    """Make Numba choose ``path`` as the cache directory for functions decorated inside this block."""
+    old = numba.config.CACHE_DIR
+    if path:
+        numba.config.CACHE_DIR = path
+    try:
+        yield
+    finally:
+        numba.config.CACHE_DIR = old
+
+
+_CACHE_DIR = _fallback_cache_dir()
+
+
+def _compiled(fn: Callable) -> Callable:
+    """``njit`` with the on-disk cache (in the directory chosen above), releasing the GIL while it runs."""
+    with _cache_dir(_CACHE_DIR):
+        return njit(cache=_CACHE_DIR != "", nogil=True)(fn)
+
+
+# --- unaligned little-endian word access -------------------------------------------------------------
+# A relocation base need not be a multiple of 4, so an aligned virtual word may sit at any physical
+# address.  These intrinsics load and store it with one unaligned 32-bit access, as C's memcpy would,
+# where four byte accesses cost several instructions that LLVM does not merge on the load side.
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def _word_ptr(context, builder, aryty, ary, idx):  # noqa: ANN001, ANN202
+    data = context.make_array(aryty)(context, builder, ary).data
+    return builder.bitcast(builder.gep(data, [idx]), ir.IntType(32).as_pointer())
+
+
+@intrinsic
+def _load32(typingctx, arr, idx):  # noqa: ANN001, ANN202
+    """``mem[idx:idx+4]`` as a little-endian unsigned word (int64); no bounds check."""
+
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        v = builder.load(_word_ptr(context, builder, sig.args[0], args[0], args[1]), align=1)
+        return builder.zext(builder.bswap(v) if _BIG_ENDIAN else v, ir.IntType(64))
+
+    return types.int64(arr, idx), codegen
+
+
+@intrinsic
+def _store32(typingctx, arr, idx, val):  # noqa: ANN001, ANN202
+    """Store the low 32 bits of ``val`` little-endian at ``mem[idx:idx+4]``; no bounds check."""
+
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        v = builder.trunc(args[2], ir.IntType(32))
+        builder.store(
+            builder.bswap(v) if _BIG_ENDIAN else v, _word_ptr(context, builder, sig.args[0], args[0], args[1]), align=1
+        )
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, val), codegen
+
+
+@_compiled
+def _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead):  # noqa: ANN001, ANN202
+    """Write the lazily kept time and pc back into ``state`` before the core returns."""
+    if tact and r == tdead:  # the last retired instruction (halt) made the timer reach zero
+        state[PENDING] |= 1
+        tact = False
+    state[TIMER] = tdead - r if tact else 0
+    state[CYCLE] = cyc0 + skip + r
+    state[STEPS] += r + traps
+    if r > r_mark:  # something retired since the last trap entry (which wrote pc itself)
+        state[PC] = pc
+
+
+@_compiled
+def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
+    """Run at most ``budget`` steps of the machine in ``state``/``mem``; return the exit code."""
+    memsize = np.int64(mem.shape[0])
+    lim_steps = min(max(np.int64(budget), 0), MAX_BUDGET)  # retirements the budget allows: budget - traps
+    z = state[0]  # r0 reads what the state holds (0); writes to it are discarded by restoring it
+    pc = state[PC] & M32
+    base = state[BASE] & M32
+    lim = min(state[BOUND] & M32, memsize - base)  # an access of n bytes at va is valid iff va + n <= lim
+    cyc0 = state[CYCLE]
+    tdead = state[TIMER]  # the value of r at which the timer reaches 0 (r starts at 0)
+    tact = tdead != 0  # the timer is counting
+    r = np.int64(0)  # instructions retired in this call
+    traps = np.int64(0)  # traps and interrupts entered in this call (steps that do not retire)
+    skip = np.int64(0)  # cycles skipped by wfi
+    r_mark = np.int64(0)  # r at the last trap entry
+    tc = np.int64(0)  # a trap to deliver: its cause (0 = none) ...
+    ti = np.int64(0)  # ... and its badaddr
+    w = np.int64(0)
+
+    while True:
+        # ---- between steps: deliver a trap, fire the timer, check the budget, take an interrupt ----
+        if tc != 0:
+            if state[FLAGS] & F_TRAPS_TO_HOST:
+                state[XCAUSE] = tc
+                state[XINFO] = ti & M32
+                _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+                return EXIT_TRAP
+            state[EPC] = pc
+            state[EPSW] = state[PSW]
+            state[EBASE] = state[BASE]
+            state[EBOUND] = state[BOUND]
+            state[CAUSE] = tc
+            state[BADADDR] = ti & M32
+            state[PSW] = 1
+            state[BASE] = 0
+            state[BOUND] = memsize
+            state[PC] = state[IVT]
+            pc = state[IVT] & M32
+            base = np.int64(0)
+            lim = memsize
+            traps += 1
+            lim_steps -= 1
+            r_mark = r
+            tc = 0
+        if tact and r == tdead:
+            state[PENDING] |= 1
+            tact = False
+        if r >= lim_steps:
+            _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+            return EXIT_BUDGET
+        if state[PSW] & 2:
+            pend = state[PENDING]
+            if pend & 1:
+                tc = TIMER_IRQ
+                ti = 0
+                continue
+            if pend & 2:
+                tc = DEVICE_IRQ
+                ti = state[DEVNUM]
+                continue
+        stop = lim_steps
+        if tact and tdead > r and tdead < stop:
+            stop = tdead
+
+        # ---- the fast loop: everything but system instructions, until a trap or r reaches stop ----
+        system = False
+        while r < stop:
+            if pc & 3:
+                tc = ALIGN
+                ti = pc
+                break
+            if pc + 4 > lim:
+                tc = MEM_FAULT
+                ti = pc
+                break
+            w = _load32(mem, np.uint64(base + pc))
+            op = w >> 24
+            a = (w >> 20) & 15
+            b = (w >> 16) & 15
+            npc = pc + 4
+            if op == 0x11:  # addi
+                state[a] = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
+                state[0] = z
+            elif op == 0x30:  # beq
+                if state[a] == state[b]:
+                    npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
+            elif op == 0x31:  # bne
+                if state[a] != state[b]:
+                    npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
+            elif op == 0x32:  # blt
+                if (state[a] ^ 0x80000000) < (state[b] ^ 0x80000000):
+                    npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
+            elif op == 0x33:  # bge
+                if (state[a] ^ 0x80000000) >= (state[b] ^ 0x80000000):
+                    npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
+            elif op == 0x34:  # bltu
+                if state[a] < state[b]:
+                    npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
+            elif op == 0x35:  # bgeu
+                if state[a] >= state[b]:
+                    npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
+            elif op == 0x01:  # add
+                if w & 0xFFF:
+                    tc = ILLEGAL
+                    ti = w
+                    break
+                state[a] = (state[b] + state[(w >> 12) & 15]) & M32
+                state[0] = z
+            elif op == 0x22:  # ldbu
+                va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
+                if va + 1 > lim:
+                    tc = MEM_FAULT
+                    ti = va
+                    break
+                state[a] = np.int64(mem[np.uint64(base + va)])
+                state[0] = z
+            elif op == 0x25:  # stb
+                va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
+                if va + 1 > lim:
+                    tc = MEM_FAULT
+                    ti = va
+                    break
+                mem[np.uint64(base + va)] = state[a] & 0xFF
+            elif op == 0x20:  # ld
+                va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
+                if va & 3:
+                    tc = ALIGN
+                    ti = va
+                    break
+                if va + 4 > lim:
+                    tc = MEM_FAULT
+                    ti = va
+                    break
+                state[a] = _load32(mem, np.uint64(base + va))
+                state[0] = z
+            elif op == 0x24:  # st
+                va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
+                if va & 3:
+                    tc = ALIGN
+                    ti = va
+                    break
+                if va + 4 > lim:
+                    tc = MEM_FAULT
+                    ti = va
+                    break
+                _store32(mem, np.uint64(base + va), state[a])
+            elif op == 0x38:  # jal
+                state[a] = npc & M32
+                state[0] = z
+                npc = pc + ((((w & 0xFFFFF) ^ 0x80000) - 0x80000) << 2)
+            elif op == 0x39:  # jalr (the target first, so that jalr r1, 0(r1) works)
+                t = state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)
+                state[a] = npc & M32
+                state[0] = z
+                npc = t
+            elif op == 0x10:  # lui
+                if w & 0xF0000:
+                    tc = ILLEGAL
+                    ti = w
+                    break
+                state[a] = (w & 0xFFFF) << 16
+                state[0] = z
+            elif op >= 0x02 and op <= 0x0F:  # the other register-register operations
+                if w & 0xFFF:
+                    tc = ILLEGAL
+                    ti = w
+                    break
+                x = state[b]
+                y = state[(w >> 12) & 15]
+                if op == 0x02:  # sub
+                    v = x - y
+                elif op == 0x03:  # and
+                    v = x & y
+                elif op == 0x04:  # or
+                    v = x | y
+                elif op == 0x05:  # xor
+                    v = x ^ y
+                elif op == 0x06:  # shl
+                    v = x << (y & 31)
+                elif op == 0x07:  # shr
+                    v = x >> (y & 31)
+                elif op == 0x08:  # sar
+                    v = ((x ^ 0x80000000) - 0x80000000) >> (y & 31)
+                elif op == 0x09:  # mul (the low 32 bits survive int64 wrap-around)
+                    v = x * y
+                elif op == 0x0E:  # slt
+                    v = np.int64((x ^ 0x80000000) < (y ^ 0x80000000))
+                elif op == 0x0F:  # sltu
+                    v = np.int64(x < y)
+                else:  # div divu rem remu
+                    if y == 0:
+                        tc = DIVZERO
+                        ti = 0
+                        break
+                    if op == 0x0B:  # divu
+                        v = x // y
+                    elif op == 0x0D:  # remu
+                        v = x % y
+                    else:  # signed, truncating toward zero
+                        sx = (x ^ 0x80000000) - 0x80000000
+                        sy = (y ^ 0x80000000) - 0x80000000
+                        q = abs(sx) // abs(sy)
+                        if (sx < 0) != (sy < 0):
+                            q = -q
+                        v = q if op == 0x0A else sx - q * sy
+                state[a] = v & M32
+                state[0] = z
+            elif op == 0x13:  # andi
+                state[a] = state[b] & (w & 0xFFFF)
+                state[0] = z
+            elif op == 0x14:  # ori
+                state[a] = (state[b] | (w & 0xFFFF)) & M32
+                state[0] = z
+            elif op == 0x15:  # xori
+                state[a] = (state[b] ^ (w & 0xFFFF)) & M32
+                state[0] = z
+            elif op == 0x16:  # shli
+                state[a] = (state[b] << (w & 31)) & M32
+                state[0] = z
+            elif op == 0x17:  # shri
+                state[a] = (state[b] >> (w & 31)) & M32
+                state[0] = z
+            elif op == 0x18:  # sari
+                state[a] = (((state[b] ^ 0x80000000) - 0x80000000) >> (w & 31)) & M32
+                state[0] = z
+            elif op == 0x1E:  # slti
+                state[a] = np.int64(((state[b] ^ 0x80000000) - 0x80000000) < (((w & 0xFFFF) ^ 0x8000) - 0x8000))
+                state[0] = z
+            elif op == 0x1F:  # sltiu (against the sign-extended immediate, as unsigned)
+                state[a] = np.int64(state[b] < ((((w & 0xFFFF) ^ 0x8000) - 0x8000) & M32))
+                state[0] = z
+            elif op == 0x21:  # ldb
+                va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
+                if va + 1 > lim:
+                    tc = MEM_FAULT
+                    ti = va
+                    break
+                state[a] = ((np.int64(mem[np.uint64(base + va)]) ^ 0x80) - 0x80) & M32
+                state[0] = z
+            elif op >= 0x40 and op <= 0x52:
+                system = True  # handled below, outside the fast loop
+                break
+            else:  # opcode 0x00 and every other unassigned opcode
+                tc = ILLEGAL
+                ti = w
+                break
+            pc = npc & M32  # retire
+            r += 1
+
+        if not system:
+            continue  # a trap to deliver, or r reached stop
+
+        # ---- system instructions: w is the word at pc, already fetched ----
+        op = w >> 24
+        a = (w >> 20) & 15
+        npc = pc + 4
+        if op == 0x40 or op == 0x41:  # syscall, brk
+            if w & 0xFF0000:
+                tc = ILLEGAL
+                ti = w
+            else:
+                tc = SYSCALL if op == 0x40 else BREAK
+                ti = w & 0xFFFF
+            continue
+        if op == 0x42:  # hcall
+            if (w & 0xFF0000) or not (state[FLAGS] & F_HCALL_TO_HOST):
+                tc = ILLEGAL
+                ti = w
+                continue
+            state[XCAUSE] = w & 0xFFFF
+            _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+            return EXIT_HCALL
+        # Decode (stray bits, unknown CR), then the profile decides what it does in user mode.
+        if op == 0x4B or op == 0x4C:
+            bad = (w & 0xF0000) or (w & 0xFFFF) >= NUM_CRS
+            key = (P_MFCR if op == 0x4B else P_MTCR) + (w & 0xFFFF)
+        elif op == 0x4D or op == 0x4E:
+            bad = (w & 0xF0000) != 0
+            key = P_IN if op == 0x4D else P_OUT
+        elif op >= 0x50:
+            bad = (w & 0xFFFFF) != 0
+            key = P_GETPSW + (op - 0x50)
+        elif op >= 0x48 and op <= 0x4A:
+            bad = (w & 0xFFFFFF) != 0
+            key = P_IRET + (op - 0x48)
+        else:  # 0x43-0x47, 0x4F: no such instruction
+            bad = True
+            key = 0
+        if bad:
+            tc = ILLEGAL
+            ti = w
+            continue
+        if not (state[PSW] & 1):
+            behaviour = state[key]
+            if behaviour == IGNORE:  # retires with no other effect
+                pc = npc & M32
+                r += 1
+                continue
+            if behaviour != EXECUTE:
+                tc = PRIV
+                ti = w
+                continue
+        if op == 0x4B:  # mfcr
+            cr = w & 0xFFFF
+            if cr == CR_CYCLE:
+                v = (cyc0 + skip + r) & M32
+            elif cr == CR_TIMER:
+                v = (tdead - r) & M32 if tact else 0
+            else:
+                v = state[CR0 + cr] & M32
+            state[a] = v
+            state[0] = z
+        elif op == 0x4C:  # mtcr
+            cr = w & 0xFFFF
+            x = state[a]
+            if cr == CR_TIMER:  # not ticked by its own retirement; clears a pending timer interrupt
+                state[PENDING] &= ~1
+                tact = x != 0
+                tdead = r + 1 + x
+            elif cr == CR_PSW:
+                state[PSW] = x & 3
+            elif cr != CR_CYCLE:
+                state[CR0 + cr] = x
+                if cr == CR_BASE or cr == CR_BOUND:
+                    base = state[BASE] & M32
+                    lim = min(state[BOUND] & M32, memsize - base)
+        elif op == 0x48:  # iret
+            npc = state[EPC] & M32
+            state[PSW] = state[EPSW] & 3
+            state[BASE] = state[EBASE]
+            state[BOUND] = state[EBOUND]
+            base = state[BASE] & M32
+            lim = min(state[BOUND] & M32, memsize - base)
+        elif op == 0x49:  # halt: retires, then leaves
+            state[STATUS] = state[1] & 0xFF
+            _leave(state, npc & M32, r + 1, r_mark, traps, skip, cyc0, tact, tdead)
+            return EXIT_HALT
+        elif op == 0x4A:  # wfi
+            if state[PENDING] == 0:
+                if not tact or (state[FLAGS] & F_TRAPS_TO_HOST):
+                    _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+                    return EXIT_IDLE
+                skip += tdead - r  # idle until the timer fires, then retire (one more tick)
+                tact = False
+                state[PENDING] |= 1
+        elif op == 0x4D or op == 0x4E:  # in, out: the host performs them and retires them
+            state[IO_PORT] = w & 0xFFFF
+            state[IO_WRITE] = op - 0x4D
+            state[IO_VALUE] = state[a] if op == 0x4E else 0
+            state[IO_REG] = a if op == 0x4D else 0
+            _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+            return EXIT_IO
+        elif op == 0x50:  # getpsw
+            state[a] = state[PSW] & M32
+            state[0] = z
+        elif op == 0x51:  # setpsw
+            state[PSW] = state[a] & 3
+        else:  # getbase
+            state[a] = state[BASE] & M32
+            state[0] = z
+        pc = npc & M32  # retire
+        r += 1
+
+
+def warmup() -> float:
+    """Compile (or load from the cache) the core for the usual argument types; return the seconds it took."""
+    t0 = time.perf_counter()
+    state = S.new_state(16)
+    mem = np.zeros(16, dtype=np.uint8)
+    mem[0:4] = np.frombuffer(spec.encode(spec.BY_MNEMONIC["halt"]).to_bytes(4, "little"), np.uint8)
+    run(state, mem, 1)
+    return time.perf_counter() - t0

@@ -1,0 +1,293 @@
+"""The JIT core (isa/core/jit.py) against the reference core: same exit codes, state and memory, always."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from isa import spec
+from isa import state as S
+from isa.core import jit, reference
+from isa.spec import CR_NUMBER
+from tests.strategies import (
+    BUDGETS,
+    Machine,
+    Prog,
+    assert_same,
+    differential_run,
+    host_action,
+    load,
+    machines,
+    sieve_program,
+    skip_handler,
+)
+
+M32 = 0xFFFFFFFF
+VALUES = st.lists(st.integers(0, M32), min_size=1, max_size=4)
+
+
+def _machine(image: bytes, memsize: int = 4096, **slots: int) -> Machine:
+    mem = np.zeros(memsize, dtype=np.uint8)
+    load(mem, image)
+    state = S.new_state(memsize)
+    for name, value in slots.items():
+        state[getattr(S, name.upper())] = value
+    return Machine(state, mem)
+
+
+def _both(m: Machine, budgets: list[int]) -> list[int]:
+    """Run on both cores with the given budgets (stopping at halt); compare after every call."""
+    return differential_run(m, budgets, [0], jit.run, reference.run)
+
+
+# --- random programs ------------------------------------------------------------------------------------
+
+
+@given(machines(), BUDGETS, VALUES)
+def test_random_machines_match_reference(m: Machine, budgets: list[int], values: list[int]) -> None:
+    differential_run(m, budgets, values, jit.run, reference.run)
+
+
+@given(machines(), st.lists(st.integers(1, 60), min_size=1, max_size=12))
+def test_budget_split_does_not_matter(m: Machine, slices: list[int]) -> None:
+    """Running in slices gives what one run of the whole budget gives on the reference core."""
+    whole = m.copy()
+    code = reference.run(whole.state, whole.mem, sum(slices))
+    split = m.copy()
+    for budget in slices:
+        c = jit.run(split.state, split.mem, budget)
+        if c != S.EXIT_BUDGET:
+            break
+    assert_same(whole, split, code, c, f"slices {slices}")
+
+
+@given(machines(), st.integers(0, M32))
+def test_user_mode_system_instructions(m: Machine, value: int) -> None:
+    """A user-mode machine running system instructions under random profiles, traps going to the host."""
+    m.state[S.PSW] &= ~spec.PSW_S
+    differential_run(m, [50, 50, 50, 50], [value], jit.run, reference.run)
+
+
+@given(st.lists(st.integers(-(1 << 63), (1 << 63) - 1), min_size=S.NSLOTS, max_size=S.NSLOTS), st.integers(0, 64))
+def test_arbitrary_state_never_escapes(slots: list[int], budget: int) -> None:
+    """Any values at all in the state: the core stays inside ``mem`` and returns an exit code."""
+    state = np.array(slots, dtype=np.int64)
+    state[S.STEPS] = 0
+    state[S.CYCLE] &= (1 << 40) - 1  # keep the 64-bit counters from overflowing in the reference core too
+    mem = np.random.default_rng(budget).integers(0, 256, 256, dtype=np.uint8)
+    code = jit.run(state, mem, budget)
+    assert 0 <= code < len(S.EXIT_NAMES)
+
+
+@given(machines(), st.integers(0, 200))
+def test_weird_control_registers_match_reference(m: Machine, budget: int) -> None:
+    """Out-of-range values in CR slots (negative, above 32 bits) are read as the reference reads them."""
+    rng = np.random.default_rng(budget)
+    for slot in (S.PC, S.BASE, S.BOUND, S.IVT, S.EPC, S.EBASE, S.EBOUND, S.EPSW, S.PSW):
+        if rng.integers(0, 4) == 0:
+            m.state[slot] = int(rng.integers(-(1 << 40), 1 << 40))
+    _both(m, [budget, budget])
+
+
+# --- fixed programs ---------------------------------------------------------------------------------------
+
+
+def test_sieve_matches_reference() -> None:
+    m = _machine(sieve_program(n=600, flags=0x400), memsize=0x400 + 600)
+    codes = _both(m, [10_000_000])
+    assert codes == [S.EXIT_HALT]
+
+
+def test_sieve_counts_primes() -> None:
+    mem = np.zeros(0x10000 + 65536, dtype=np.uint8)
+    load(mem, sieve_program())
+    state = S.new_state(len(mem))
+    assert jit.run(state, mem, 1 << 40) == S.EXIT_HALT
+    assert state[9] == 6542 + 2 and state[S.STATUS] == (6542 + 2) & 0xFF
+
+
+def test_self_modifying_code() -> None:
+    """A store over an instruction that already ran; looping back executes the new instruction."""
+    p = Prog()
+    p.addi(2, 0, imm=2)  # two passes
+    p.label("top")
+    p.label("patched")
+    p.addi(1, 1, imm=1)  # pass 1: r1 += 1; then overwritten by "addi r1, r1, 100"
+    p.li(3, spec.encode(spec.BY_MNEMONIC["addi"], 1, 1, 0, 100))
+    p.st(3, 0, imm="patched")
+    p.addi(2, 2, imm=-1)
+    p.bne(2, 0, imm="top")
+    p.halt()
+    m = _machine(p.image())
+    assert _both(m, [1000]) == [S.EXIT_HALT]
+    ref = m.copy()
+    reference.run(ref.state, ref.mem, 1000)
+    assert ref.state[1] == 101
+    # The same with a relocated, unaligned window and the patch in the middle of a budget slice.
+    m2 = _machine(bytes(3) + p.image(), base=3, bound=len(p.image()))
+    differential_run(m2, [3, 1, 2, 1000], [0], jit.run, reference.run)
+
+
+def test_byte_store_into_the_next_instruction() -> None:
+    """stb changing the opcode byte of the very next instruction."""
+    p = Prog()
+    p.addi(4, 0, imm=spec.BY_MNEMONIC["halt"].opcode)
+    p.stb(4, 0, imm=4 * 3 + 3)
+    p.addi(1, 0, imm=7)
+    p.addi(1, 0, imm=9)  # becomes halt with stray bits in the low 24: ILLEGAL
+    p.halt()
+    m = _machine(p.image(), ivt=4 * 4)
+    _both(m, [100])
+
+
+def test_timer_interrupts_and_wfi() -> None:
+    """A periodic timer with an interrupt handler, user-mode work, and wfi skipping ahead."""
+    p = Prog()
+    p.jal(0, imm="main")
+    p.label("handler")  # count interrupts in r5, re-arm the timer with r6, return
+    p.addi(5, 5, imm=1)
+    p.mtcr(6, imm=CR_NUMBER["timer"])
+    p.iret()
+    p.label("main")
+    p.li(7, 4)  # ivt = handler
+    p.mtcr(7, imm=CR_NUMBER["ivt"])
+    p.addi(6, 0, imm=7)
+    p.mtcr(6, imm=CR_NUMBER["timer"])
+    p.addi(8, 0, imm=3)  # psw = S | IE
+    p.mtcr(8, imm=CR_NUMBER["psw"])
+    p.addi(9, 0, imm=40)
+    p.label("spin")
+    p.addi(9, 9, imm=-1)
+    p.mfcr(10, imm=CR_NUMBER["cycle"])
+    p.mfcr(11, imm=CR_NUMBER["timer"])
+    p.bne(9, 0, imm="spin")
+    p.wfi()
+    p.wfi()
+    p.mfcr(12, imm=CR_NUMBER["cycle"])
+    p.addi(6, 0, imm=0)  # the next interrupt stops the timer
+    p.wfi()
+    p.wfi()  # nothing can end this one: EXIT_IDLE
+    p.halt()
+    m = _machine(p.image())
+    for budgets in ([10_000], [1] * 400, [5, 3, 17, 2, 1, 1000]):
+        codes = _both(m.copy(), budgets)
+        assert S.EXIT_IDLE in codes
+
+
+def test_wfi_with_traps_to_host_and_pending_device() -> None:
+    p = Prog()
+    p.wfi()
+    p.wfi()
+    p.halt()
+    for flags, pending, timer in [(1, 0, 5), (0, 2, 0), (0, 0, 9), (1, 2, 0), (0, 0, 0), (2, 1, 3)]:
+        m = _machine(p.image(), flags=flags, pending=pending, timer=timer, psw=1, devnum=77)
+        _both(m, [1, 1, 1, 5, 5])
+
+
+@pytest.mark.parametrize("flags", [0, S.F_TRAPS_TO_HOST, S.F_HCALL_TO_HOST, 3])
+def test_traps_host_flags_and_io(flags: int) -> None:
+    p = Prog()
+    p.addi(1, 0, imm=65)
+    p.out(1, imm=0)
+    p.emit("in", 2, imm=0)
+    p.hcall(imm=42)
+    p.syscall(imm=7)
+    p.brk(imm=9)
+    p.word(0)  # ILLEGAL
+    p.div(3, 1, 0)  # DIVZERO
+    p.ld(3, 1, imm=0)  # ALIGN (65)
+    p.ld(3, 0, imm=-4)  # MEM
+    p.jalr(0, 0, imm=2)  # to a misaligned address: the fetch raises ALIGN
+    m = _machine(p.image(), flags=flags, ivt=0x800)
+    load(m.mem, b"".join(w.to_bytes(4, "little") for w in _skip_handler()), 0x800)
+    differential_run(m, [3, 50, 50, 50, 50, 50, 50, 50, 50, 50], [5, 3, 6], jit.run, reference.run)
+
+
+def _skip_handler() -> list[int]:
+    return skip_handler(rearm_timer=False)
+
+
+def test_relocated_user_program_with_profiles() -> None:
+    """User mode inside a window; every profile key set to each behaviour in turn."""
+    p = Prog()
+    for cr in range(spec.NUM_CRS):
+        p.mfcr(1, imm=cr)
+        p.mtcr(2, imm=cr)
+    for m_ in ("getpsw", "getbase"):
+        p.emit(m_, 3)
+    p.setpsw(4)
+    p.emit("in", 5, imm=1)
+    p.out(5, imm=1)
+    p.wfi()
+    p.iret()
+    p.halt()
+    image = p.image()
+    for behaviour in (spec.TRAP, spec.EXECUTE, spec.IGNORE):
+        m = _machine(bytes(0x100) + image, memsize=0x100 + len(image) + 64, base=0x100, bound=len(image), psw=0,
+                     ivt=0x40, timer=50, ebase=0x100, ebound=len(image))  # fmt: skip
+        m.state[S.PROFILE : S.PROFILE + len(spec.PROFILE_KEYS)] = behaviour
+        m.state[2] = 0x10  # mtcr writes: small values (timer 16, psw 0, base/bound 16, ...)
+        load(m.mem, b"".join(w.to_bytes(4, "little") for w in _skip_handler()), 0x40)
+        differential_run(m, [20] * 30, [1, 2], jit.run, reference.run)
+
+
+def test_budget_zero_and_negative() -> None:
+    m = _machine(sieve_program(n=64, flags=0x400), memsize=0x400 + 64, pending=1, psw=3)
+    _both(m, [0, -5, 1, 0, 2])
+
+
+def test_r0_stays_zero() -> None:
+    p = Prog()
+    p.addi(0, 0, imm=5)
+    p.lui(0, imm=1)
+    p.jal(0, imm=1)
+    p.ldbu(0, 0, imm=0)
+    p.mfcr(0, imm=CR_NUMBER["cycle"])
+    p.add(1, 0, 0)
+    p.halt()
+    m = _machine(p.image())
+    _both(m, [100])
+
+
+# --- the core as a compiled, cached function --------------------------------------------------------------
+
+
+def test_exit_codes_are_plain_ints_and_budget_types() -> None:
+    m = _machine(sieve_program(n=64, flags=0x400), memsize=0x400 + 64)
+    assert isinstance(jit.run(m.state, m.mem, np.int64(3)), int)
+    assert jit.run(m.state, m.mem, 10**6) == S.EXIT_HALT
+
+
+def test_warmup_returns_seconds() -> None:
+    assert jit.warmup() >= 0.0
+
+
+def test_second_process_loads_from_cache() -> None:
+    """After a compile, a new process takes the core from the on-disk cache instead of compiling it."""
+    jit.warmup()  # compiled (and saved) in this process, if it was not already cached
+    code = textwrap.dedent(
+        """
+        from isa.core import jit
+        jit.warmup()
+        print(len(jit.run.stats.cache_hits), len(jit.run.stats.cache_misses))
+        """
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, check=True)
+    hits, misses = map(int, out.stdout.split())
+    assert hits >= 1 and misses == 0, out.stdout + out.stderr
+
+
+def test_host_action_is_shared_with_other_core_tests() -> None:
+    """host_action (tests/strategies.py) keeps a machine going after every kind of exit."""
+    state = S.new_state(64)
+    assert host_action(state, S.EXIT_BUDGET, 0)
+    assert not host_action(state, S.EXIT_HALT, 0)
