@@ -34,8 +34,11 @@ class DirectExecution(Monitor):
             with Stopwatch(vm.stats):
                 vm.inject(*irq)
             return 1
+        timer_armed = bool(vm.vstate[S.TIMER])
         code, retired = vm.run_direct(self.core, budget, self.flags)
         if code in (S.EXIT_BUDGET, S.EXIT_HALT):
+            if timer_armed and not vm.vstate[S.TIMER]:
+                vm.stats.exits["TIMER"] += 1  # the virtual timer expired: the core stopped for it
             return retired
         with Stopwatch(vm.stats):
             return retired + self.handle_exit(vm, code)
