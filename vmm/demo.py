@@ -57,7 +57,8 @@ def tour(core: str = "jit") -> int:
             continue
         _bare(image, name)  # warm up (JIT compilation, caches)
         result, secs = _bare(image, name)
-        table.add_row(name, result.console.strip(), str(result.steps), f"{secs:.4f}", f"{result.steps / secs / 1e6:.1f}")
+        mips = f"{result.steps / secs / 1e6:.1f}"
+        table.add_row(name, result.console.strip(), str(result.steps), f"{secs:.4f}", mips)
     out.print(table)
 
     out.rule("[bold]3. One guest kernel, every monitor")
@@ -79,7 +80,8 @@ def tour(core: str = "jit") -> int:
     out.rule("[bold]4. Why x86like defeats trap-and-emulate")
     whoami = _image("demos/whoami.s")
     for profile in ("classic", "x86like"):
-        for label, (result, _) in (("bare", _bare(whoami, core, profile)), ("trap", _under(whoami, "trap", core, profile))):
+        bare_run, trap_run = _bare(whoami, core, profile)[0], _under(whoami, "trap", core, profile)[0]
+        for label, result in (("bare", bare_run), ("trap", trap_run)):
             out.print(f"  {profile:8} {label:5} {result.console.strip()}")
     out.print("On x86like getpsw does not trap, so the deprivileged kernel sees that it runs in user mode.")
 

@@ -106,9 +106,13 @@ class VM:
         """
         v = self.vstate
         start = int(v[S.STEPS])
-        while not self.stopped and int(v[S.STEPS]) - start < budget and not (until_user and not self.supervisor):
-            self.emulate_one()
-        return int(v[S.STEPS]) - start
+        done = 0
+        while not self.stopped and done < budget and not (until_user and not self.supervisor):
+            code = reference.run(v, self.mem, budget - done, until_user)
+            self.device_exit(code)
+            done = int(v[S.STEPS]) - start
+        self.stats.emulated += done
+        return done
 
     def emulate_one(self) -> None:
         """Emulate one step of the guest (an instruction, or a pending interrupt) against the virtual CPU."""

@@ -7,6 +7,7 @@ Each instruction is one small semantics function registered against its mnemonic
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 
@@ -32,41 +33,58 @@ class HostExit(Exception):
 
 
 class Cpu:
-    """A view of the flat state with the helpers the semantics functions use."""
+    """The machine being interpreted: the state as a Python list while it runs, memory, and helpers.
+
+    ``pull`` copies the flat state into a list (Python ints are far cheaper to touch than numpy scalars) and
+    ``push`` writes it back; ``run`` and ``step`` do both around their work.
+    """
 
     def __init__(self, state: np.ndarray, mem: np.ndarray) -> None:
-        self.s, self.mem, self.memsize = state, mem, len(mem)
+        self.state, self.mem, self.memsize = state, mem, len(mem)
+        self.mv = memoryview(mem).cast("B")
+        self.s: list[int] = []
         self.next_pc = 0
         self.word = 0  # the instruction word being executed
         self.tick_timer = True
 
+    def pull(self) -> None:
+        """Load the flat state into ``self.s``."""
+        self.s = self.state.tolist()
+
+    def push(self) -> None:
+        """Write ``self.s`` back into the flat state."""
+        self.state[:] = self.s
+
     def reg(self, n: int) -> int:
-        return int(self.s[n])
+        return self.s[n]
 
     def set_reg(self, n: int, value: int) -> None:
         if n:
             self.s[n] = value & M32
 
     def cr(self, n: int) -> int:
-        return int(self.s[S.CR0 + n]) & M32
+        return self.s[S.CR0 + n] & M32
 
     def translate(self, va: int, n: int) -> int:
         """Relocate a virtual address (ISA §2); raise ALIGN or MEM."""
         va &= M32
         if n == 4 and va % 4:
             raise Trap(spec.ALIGN, va)
-        if va + n > self.cr(spec.CR_BOUND) or self.cr(spec.CR_BASE) + va + n > self.memsize:
+        base = self.s[S.BASE] & M32
+        if va + n > self.s[S.BOUND] & M32 or base + va + n > self.memsize:
             raise Trap(spec.MEM_FAULT, va)
-        return self.cr(spec.CR_BASE) + va
+        return base + va
 
     def load(self, va: int, n: int) -> int:
         pa = self.translate(va, n)
-        return int.from_bytes(self.mem[pa : pa + n].tobytes(), "little")
+        return int.from_bytes(self.mv[pa : pa + n], "little")
 
     def store(self, va: int, n: int, value: int) -> None:
         pa = self.translate(va, n)
-        self.mem[pa : pa + n] = np.frombuffer((value & ((1 << (8 * n)) - 1)).to_bytes(n, "little"), np.uint8)
+        self.mv[pa : pa + n] = (value & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
 
+
+_decode = lru_cache(maxsize=1 << 16)(decode)  # decoding is pure: remember the words seen
 
 Semantics = Callable[[Cpu, spec.Decoded, int], None]
 SEMANTICS: dict[str, Semantics] = {}
@@ -299,7 +317,14 @@ def pending_interrupt(s: np.ndarray) -> tuple[int, int] | None:
 
 
 def step(cpu: Cpu) -> int | None:
-    """Run one step; return an exit code when the core must stop, else None."""
+    """Run one step of the machine behind ``cpu``; return an exit code when the core must stop, else None."""
+    cpu.pull()
+    code = _step(cpu)
+    cpu.push()
+    return code
+
+
+def _step(cpu: Cpu) -> int | None:
     s = cpu.s
     irq = pending_interrupt(s)
     if irq is not None:
@@ -307,7 +332,7 @@ def step(cpu: Cpu) -> int | None:
     pc = int(s[S.PC])
     try:
         word = cpu.load(pc, 4)
-        d = decode(word)
+        d = _decode(word)
         if d is None:
             raise Trap(spec.ILLEGAL, word)
         cpu.word = word
@@ -343,11 +368,21 @@ def _retire(cpu: Cpu) -> None:
             s[S.PENDING] |= S.PEND_TIMER
 
 
-def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
-    """Run at most ``budget`` steps of the machine in ``state``/``mem``; return the exit code."""
+def run(state: np.ndarray, mem: np.ndarray, budget: int, until_user: bool = False) -> int:
+    """Run at most ``budget`` steps of the machine in ``state``/``mem``; return the exit code.
+
+    With ``until_user`` it also stops (EXIT_BUDGET) before the first step in user mode: the hybrid monitor
+    interprets only what the guest runs in supervisor mode.
+    """
     cpu = Cpu(state, mem)
+    cpu.pull()
+    s, code = cpu.s, S.EXIT_BUDGET
     for _ in range(max(0, int(budget))):
-        code = step(cpu)
+        if until_user and not s[S.PSW] & PSW_S:
+            break
+        code = _step(cpu)
         if code is not None:
-            return code
-    return S.EXIT_BUDGET
+            break
+        code = S.EXIT_BUDGET
+    cpu.push()
+    return code
