@@ -43,7 +43,7 @@ def tour(core: str = "jit") -> int:
     out.rule("[bold]1. A bare P32 machine")
     out.print("$ popek run guests/programs/hello.s")
     result, _ = _bare(_image("programs/hello.s"), core)
-    out.print(result.console, end="")
+    out.print(result.console, end="", markup=False)
 
     out.rule("[bold]2. Three cores, one machine: the prime sieve below 10000")
     get_core(core)  # compile before timing
@@ -75,14 +75,14 @@ def tour(core: str = "jit") -> int:
                       str(st["total_exits"]), str(st["emulated"]), f"{secs / bare_secs:.1f}")  # fmt: skip
     out.print(table)
     out.print("The kernel's transcript on the bare machine:")
-    out.print(bare.console, end="", highlight=False)
+    out.print(bare.console, end="", markup=False, highlight=False)
 
     out.rule("[bold]4. Why x86like defeats trap-and-emulate")
     whoami = _image("demos/whoami.s")
     for profile in ("classic", "x86like"):
         bare_run, trap_run = _bare(whoami, core, profile)[0], _under(whoami, "trap", core, profile)[0]
         for label, result in (("bare", bare_run), ("trap", trap_run)):
-            out.print(f"  {profile:8} {label:5} {result.console.strip()}")
+            out.print(f"  {profile:8} {label:5} {result.console.strip()}", markup=False)
     out.print("On x86like getpsw does not trap, so the deprivileged kernel sees that it runs in user mode.")
 
     out.rule("[bold]5. Three VMs on one host")
@@ -91,8 +91,8 @@ def tour(core: str = "jit") -> int:
     host = Host(specs, core)
     results = host.run(max_steps=3_000_000)
     for spec, result in zip(specs, results, strict=True):
-        last = result.console.strip().splitlines()[-1] if result.console.strip() else ""
-        out.print(f"  {spec.name:8} {result.exit:6} {last}")
+        last = result.console.strip().splitlines()[-1] if result.console.strip() else "(no output)"
+        out.print(f"  {spec.name:8} {result.exit:6} {result.steps:>9} steps  {last}", markup=False)
     ok &= results[0].console == bare.console
     out.print("The spinning guest is preempted by the host's budget; the snooping guest faults inside itself only.")
     return 0 if ok else 1
