@@ -189,6 +189,14 @@ def _print_host_table(names: list[str], results: list[RunResult]) -> None:
     Console(stderr=True).print(table)
 
 
+# --- check ----------------------------------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    """popek check: the Popek-Goldberg verdicts for a profile, with a witness program per violation."""
+    from vmm import checker
+
+    return checker.main(args.profile, as_json=args.json, programs=args.programs, core=args.core)
+
+
 # --- demo -----------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     """popek demo: a short tour on the bundled programs."""
@@ -244,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--json", action="store_true", help="print one JSON object keyed by VM name")
     machine_options(h)
     h.set_defaults(fn=cmd_host)
+
+    c = sub.add_parser("check", help="decide Popek-Goldberg's Theorems 1 and 3 for a profile, with witnesses")
+    c.add_argument("--profile", default="classic", help="classic, x86like or a profile .toml file")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--programs", action="store_true", help="print the source of every witness")
+    c.add_argument("--core", default="reference", choices=CORE_NAMES, help="core that runs the witnesses")
+    c.set_defaults(fn=cmd_check)
 
     de = sub.add_parser("demo", help="a short tour on bundled programs")
     de.add_argument("--core", default=DEFAULT_CORE, choices=CORE_NAMES)
