@@ -1,0 +1,41 @@
+"""Install-time build of the C core (native/core.c) through cffi; the project metadata lives in pyproject.toml.
+
+The C core is optional: where no C compiler works, installation still succeeds with a warning, and
+``native.available()`` reports False with the reason (the reference and JIT cores need no compiler).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that turns a failure to compile the C core into a warning instead of a failed install."""
+
+    def run(self) -> None:
+        """Build the extensions; on any failure warn and go on without them."""
+        try:
+            super().run()
+        except Exception as e:  # no compiler, compile or link error, missing Python headers ...
+            self._skip(e)
+
+    def build_extension(self, ext) -> None:  # noqa: ANN001 - setuptools' Extension
+        """Build one extension; on failure warn and leave it out."""
+        try:
+            super().build_extension(ext)
+        except Exception as e:
+            self._skip(e)
+
+    def _skip(self, error: Exception) -> None:
+        msg = (
+            f"WARNING: the C core (native._p32core) was not built: {error}\n"
+            "WARNING: popek installs without it; the reference and JIT cores still work. "
+            "Install a C compiler and reinstall to get it."
+        )
+        print(msg, file=sys.stderr)
+
+
+setup(cffi_modules=["native/build_core.py:ffibuilder"], cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,405 @@
+"""The C core (native/core.c) against the reference core, and the JIT core where it imports.
+
+The differential tests run random programs from random machine states under random profiles on every core
+and require identical exit codes, states and memory after every call, including the host's part of the
+contract (completing I/O, hypercalls and host-delivered traps) between calls. The strategies are local to
+this file. Tests that need the compiled module skip, with the reason, where it could not be built.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
+
+import native
+from isa import spec
+from isa import state as S
+from isa.core import reference
+from isa.spec import BY_MNEMONIC, encode
+
+needs_c = pytest.mark.skipif(not native.available(), reason=f"C core unavailable: {native.unavailable_reason()}")
+
+try:
+    from isa.core import jit as _jit
+
+    JIT_RUN = _jit.run
+except Exception:  # the JIT core is optional here: compare with it only where it imports
+    JIT_RUN = None
+
+NATIVE = Path(native.__file__).resolve().parent
+M32 = S.MASK32
+
+
+def cores() -> list[tuple[str, object]]:
+    """The cores to compare with the reference: always C, and the JIT core when it imports."""
+    out = [("c", native.run)]
+    if JIT_RUN is not None:
+        out.append(("jit", JIT_RUN))
+    return out
+
+
+# --- constants -------------------------------------------------------------------------------------------
+
+
+def _python_value(name: str) -> int:
+    """The Python constant a ``P32_*`` name of core.h mirrors."""
+    short = name.removeprefix("P32_")
+    if short.startswith("K_"):
+        key = short[2:].lower()
+        return spec.PROFILE_INDEX[{"mfcr": "mfcr.psw", "mtcr": "mtcr.psw"}.get(key, key)]
+    for module in (S, spec):
+        if hasattr(module, short):
+            return getattr(module, short)
+    raise AssertionError(f"{name} has no Python counterpart in isa.state or isa.spec")
+
+
+def _header_constants() -> dict[str, int]:
+    text = (NATIVE / "core.h").read_text()
+    return {m[1]: int(m[2]) for m in re.finditer(r"^#define (P32_[A-Z0-9_]+) +(-?\d+)\b", text, re.MULTILINE)}
+
+
+def test_header_constants_match_python() -> None:
+    """core.h, read as text: runs even where the C core could not be built."""
+    consts = _header_constants()
+    for name, value in consts.items():
+        assert value == _python_value(name), name
+    # every slot, flag and exit code of isa/state.py is mirrored
+    wanted = [n for n in dir(S) if n.isupper() and isinstance(getattr(S, n), int) and n != "MASK32"]
+    assert sorted(n for n in wanted if f"P32_{n}" not in consts) == []
+    assert all(consts["P32_K_MFCR"] + i == spec.PROFILE_INDEX[f"mfcr.{cr}"] for i, cr in enumerate(spec.CR_NAMES))
+    assert all(consts["P32_K_MTCR"] + i == spec.PROFILE_INDEX[f"mtcr.{cr}"] for i, cr in enumerate(spec.CR_NAMES))
+
+
+@needs_c
+def test_c_constants_match_python() -> None:
+    """The constants as compiled into the extension module are the header's (so, Python's)."""
+    assert native.constants() == _header_constants()
+
+
+def test_c_opcode_table_matches_spec() -> None:
+    """The dispatch table's opcodes (core.c's P32_OPS list) are the instruction table's."""
+    ops = re.findall(r"X\((0x[0-9A-Fa-f]+), (\w+)\)", (NATIVE / "core.c").read_text())
+    assert {m: int(o, 16) for o, m in ops} == {i.mnemonic: i.opcode for i in spec.INSNS}
+
+
+# --- running the cores side by side ------------------------------------------------------------------------
+
+
+def host_continue(st_: np.ndarray, memsize: int, code: int, in_value: int) -> bool:
+    """Do the host's part after an exit so the run can go on; False when the run is over."""
+    if code == S.EXIT_IO:
+        S.complete_io(st_, in_value)
+    elif code == S.EXIT_HCALL:
+        S.retire(st_)
+    elif code == S.EXIT_TRAP:  # deliver it into the guest, as a monitor reflecting the trap would
+        reference.enter_trap(st_, memsize, int(st_[S.XCAUSE]), int(st_[S.XINFO]), int(st_[S.PC]))
+        st_[S.STEPS] += 1
+    elif code != S.EXIT_BUDGET:
+        return False
+    return True
+
+
+def run_all(
+    state0: np.ndarray, mem0: np.ndarray, budgets: list[int], in_value: int = 0x41, max_steps: int = 400
+) -> tuple[list[int], np.ndarray]:
+    """Run every core through the same calls (budgets cycled until ``max_steps`` are asked for or the machine
+    stops); assert identical results after each call; return the exit codes and the final reference state."""
+    ref_state, ref_mem = state0.copy(), mem0.copy()
+    others = [(name, run, state0.copy(), mem0.copy()) for name, run in cores()]
+    codes: list[int] = []
+    spent = 0
+    while spent < max_steps:  # the budgets again and again: host exits end calls early
+        budget = budgets[len(codes) % len(budgets)]
+        spent += max(budget, 1)
+        code = reference.run(ref_state, ref_mem, budget)
+        codes.append(code)
+        for name, run, st_, mem in others:
+            got = run(st_, mem, budget)
+            assert got == code, f"{name}: exit {got} != reference {code}"
+            diff = np.nonzero(st_ != ref_state)[0]
+            assert diff.size == 0, f"{name}: slots {diff.tolist()} differ: {st_[diff]} != {ref_state[diff]}"
+            assert np.array_equal(mem, ref_mem), f"{name}: memory differs"
+        if not host_continue(ref_state, len(ref_mem), code, in_value):
+            break
+        for _, _, st_, mem in others:
+            host_continue(st_, len(mem), code, in_value)
+    return codes, ref_state
+
+
+# --- strategies ----------------------------------------------------------------------------------------------
+
+# A trap handler that skips the instruction that trapped: epc += 4; iret (r13 is its scratch register).
+SKIP_HANDLER = [("mfcr", 13, 0, 0, spec.CR_EPC), ("addi", 13, 13, 0, 4), ("mtcr", 13, 0, 0, spec.CR_EPC),
+                ("iret", 0, 0, 0, 0)]  # fmt: skip
+
+_INTERESTING = [0, 1, 2, 3, 4, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xFFFFFFFC, 0xFFFF, 0x8000, 31, 32]
+word32 = st.one_of(st.sampled_from(_INTERESTING), st.integers(0, M32))
+small_reg = st.integers(0, 15)
+
+
+@st.composite
+def instruction(draw: st.DrawFn, memsize: int) -> int:
+    """One instruction word: usually a valid one with plausible fields, sometimes stray bits or noise."""
+    kind = draw(st.integers(0, 19))
+    if kind == 0:
+        return draw(st.integers(1, M32))  # noise: mostly ILLEGAL
+    insn = draw(st.sampled_from(spec.INSNS))
+    a, b, c = draw(small_reg), draw(small_reg), draw(small_reg)
+    if insn.klass == spec.MEM and draw(st.booleans()):
+        b = 0  # an absolute address: imm(r0)
+    if insn.klass == spec.BRANCH:
+        imm = draw(st.integers(-8, 8))
+    elif insn.klass == spec.MEM:
+        imm = draw(st.one_of(st.integers(-4, memsize // 4).map(lambda w: 4 * w), st.integers(-16, memsize + 16),
+                             st.integers(-0x8000, 0x7FFF)))  # fmt: skip
+    elif insn.mnemonic in ("mfcr", "mtcr"):
+        imm = draw(st.integers(0, spec.NUM_CRS))  # NUM_CRS itself is an unknown CR
+    elif insn.mnemonic in ("in", "out", "syscall", "brk", "hcall"):
+        imm = draw(st.integers(0, 0x20))
+    else:
+        imm = draw(st.one_of(st.integers(0, 40), st.integers(0, 0xFFFF)))
+    if insn.operands in ("rd,imm", "rd,cr", "cr,rs", "rd,port", "port,rs"):
+        b = 0
+    elif insn.operands == "uimm":
+        a = b = 0
+    elif insn.operands in ("rd", "rs"):
+        b = imm = 0
+    word = encode(insn, a, b, c, imm)
+    if kind == 1:
+        word ^= 1 << draw(st.integers(0, 23))  # a stray bit: ILLEGAL for some formats, a new operand for others
+    return word
+
+
+def address(memsize: int) -> st.SearchStrategy[int]:
+    """An address: mostly an aligned one inside memory, sometimes any byte near it, sometimes anything."""
+    return st.one_of(
+        st.integers(0, memsize // 4 - 1).map(lambda w: 4 * w),
+        st.integers(0, memsize + 8),
+        st.sampled_from([memsize - 4, memsize - 1, memsize, M32 - 3]),
+    )
+
+
+@st.composite
+def machine(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    """A memory filled with a random program (repeated) and a random, valid machine state."""
+    memsize = draw(st.sampled_from([64, 256, 1024, 1022, 16]))
+    program = draw(st.lists(instruction(memsize), min_size=1, max_size=40))
+    words = np.array(program, dtype="<u4")
+    mem = np.resize(words.view(np.uint8), memsize).astype(np.uint8)
+    profile = np.array(draw(st.lists(st.integers(0, 2), min_size=len(spec.PROFILE_KEYS),
+                                     max_size=len(spec.PROFILE_KEYS))), dtype=np.int64)  # fmt: skip
+    state = S.new_state(memsize, profile)
+    for r in range(1, 16):
+        state[r] = draw(st.one_of(address(memsize), st.integers(0, 64), word32))
+    state[S.PC] = draw(st.one_of(st.sampled_from([0, 4, 8]), address(memsize)))
+    state[S.PSW] = draw(st.integers(0, 3))
+    for cr in (S.EPC, S.EPSW, S.CAUSE, S.BADADDR, S.SCRATCH):
+        state[cr] = draw(st.one_of(address(memsize), word32))
+    if memsize >= 64 and draw(st.integers(0, 7)):  # mostly a handler that skips what trapped, so runs go on
+        state[S.IVT] = ivt = (memsize - 16) & ~3
+        mem[ivt : ivt + 16] = np.array([encode(BY_MNEMONIC[m], *f) for m, *f in SKIP_HANDLER], "<u4").view(np.uint8)
+    else:
+        state[S.IVT] = draw(st.one_of(st.sampled_from([0, 4, 8, 16]), address(memsize)))
+    if draw(st.integers(0, 3)) == 0:  # a relocation window other than all of memory
+        state[S.BASE] = draw(st.sampled_from([4, 8, memsize // 2, memsize - 4, memsize, 0xFFFFFFF0]))
+        state[S.BOUND] = draw(st.sampled_from([memsize, 0, 8, memsize // 2, memsize + 4, M32]))
+    state[S.EBASE] = draw(st.sampled_from([0, 0, 4, memsize // 2, M32]))
+    state[S.EBOUND] = draw(st.sampled_from([memsize, memsize, 0, 16, M32]))
+    state[S.TIMER] = draw(st.one_of(st.just(0), st.integers(1, 40), st.just(M32)))
+    state[S.CYCLE] = draw(st.one_of(st.integers(0, 100), st.just(M32 - 3), st.integers(0, 1 << 40)))
+    state[S.PENDING] = draw(st.sampled_from([0, 0, 0, 1, 2, 3]))  # pending with IE: an interrupt storm
+    state[S.DEVNUM] = draw(st.integers(0, 5))
+    state[S.FLAGS] = draw(st.integers(0, 3))
+    state[S.STEPS] = draw(st.integers(0, 1000))
+    return state, mem
+
+
+# Call budgets, cycled by run_all; the last one is large, so every example also runs for a while.
+budgets = st.lists(st.one_of(st.integers(0, 3), st.integers(1, 300)), min_size=1, max_size=5).map(lambda b: b + [250])
+
+
+@needs_c
+@given(m=machine(), budgets=budgets, in_value=st.sampled_from([0, 0x41, M32]))
+def test_random_programs_agree(m: tuple[np.ndarray, np.ndarray], budgets: list[int], in_value: int) -> None:
+    state, mem = m
+    steps0 = int(state[S.STEPS])
+    codes, final = run_all(state, mem, budgets, in_value)
+    event(f"last exit: {S.EXIT_NAMES[codes[-1]]}")
+    event(f"steps run: {min(int(final[S.STEPS]) - steps0, 100) // 25 * 25}+")
+
+
+@needs_c
+@given(m=machine(), budget=st.integers(1, 150), cut=st.integers(0, 150))
+def test_split_run_equals_one_run(m: tuple[np.ndarray, np.ndarray], budget: int, cut: int) -> None:
+    """Two calls of the C core (a budget split anywhere) leave exactly what one call leaves."""
+    state, mem = m
+    state[S.FLAGS] = 0  # no host exits other than I/O, idle and halt
+    one_state, one_mem = state.copy(), mem.copy()
+    code_one = native.run(one_state, one_mem, budget)
+    two_state, two_mem = state.copy(), mem.copy()
+    first = min(cut, budget)
+    code = native.run(two_state, two_mem, first)
+    if code == S.EXIT_BUDGET:
+        code = native.run(two_state, two_mem, budget - first)
+    assert code == code_one
+    assert np.array_equal(one_state, two_state) and np.array_equal(one_mem, two_mem)
+
+
+# --- hand-written cases the random programs may rarely reach ----------------------------------------------------
+
+
+def assemble(*lines: tuple) -> np.ndarray:
+    """Encode (mnemonic, a, b, c, imm) tuples into a 1 KiB memory."""
+    mem = np.zeros(1024, dtype=np.uint8)
+    words = [encode(BY_MNEMONIC[m], *fields) for m, *fields in lines]
+    mem[: 4 * len(words)] = np.array(words, dtype="<u4").view(np.uint8)
+    return mem
+
+
+def addi(rd: int, rs: int, imm: int) -> tuple:
+    return ("addi", rd, rs, 0, imm)
+
+
+def lui(rd: int, imm: int) -> tuple:
+    return ("lui", rd, 0, 0, imm)
+
+
+def r3(m: str, rd: int, rs1: int, rs2: int) -> tuple:
+    return (m, rd, rs1, rs2, 0)
+
+
+HALT = ("halt", 0, 0, 0, 0)
+
+CASES = {
+    "division edge cases": [
+        lui(1, 0x8000),
+        addi(2, 0, -1),
+        r3("div", 3, 1, 2),
+        r3("rem", 4, 1, 2),
+        addi(5, 0, -7),
+        addi(6, 0, 2),
+        r3("div", 7, 5, 6),
+        r3("rem", 8, 5, 6),
+        r3("divu", 9, 5, 6),
+        r3("remu", 10, 5, 6),
+        r3("div", 11, 5, 0),
+    ],
+    "shifts and compares": [
+        addi(1, 0, -5),
+        addi(2, 0, 33),
+        r3("sar", 3, 1, 2),
+        r3("shr", 4, 1, 2),
+        r3("shl", 5, 1, 2),
+        r3("slt", 6, 1, 0),
+        r3("sltu", 7, 1, 0),
+        ("slti", 8, 1, 0, 0xFFFF),
+        ("sltiu", 9, 1, 0, 0xFFFF),
+        ("sari", 10, 1, 0, 0xFFFF),
+        ("ori", 11, 0, 0, 0xFFFF),
+        r3("mul", 12, 1, 1),
+        HALT,
+    ],
+    "memory and faults": [
+        addi(1, 0, 0x200),
+        addi(2, 0, -2),
+        ("st", 2, 1, 0, 4),
+        ("stb", 2, 1, 0, 9),
+        ("ld", 3, 1, 0, 4),
+        ("ldb", 4, 1, 0, 9),
+        ("ldbu", 5, 1, 0, 9),
+        ("ld", 6, 1, 0, 2),
+        ("ld", 7, 1, 0, 0x7FFC),
+        HALT,
+    ],
+    "timer, wfi and interrupts": [
+        addi(1, 0, 5),
+        ("mtcr", 1, 0, 0, spec.CR_TIMER),
+        ("mfcr", 2, 0, 0, spec.CR_TIMER),
+        ("wfi", 0, 0, 0, 0),
+        ("mfcr", 3, 0, 0, spec.CR_CYCLE),
+        addi(4, 0, 3),
+        ("mtcr", 4, 0, 0, spec.CR_PSW),
+        addi(0, 0, 0),
+        HALT,
+    ],
+    "user mode and iret": [
+        addi(1, 0, 0x100),
+        ("mtcr", 1, 0, 0, spec.CR_EBASE),
+        addi(1, 0, 0x100),
+        ("mtcr", 1, 0, 0, spec.CR_EBOUND),
+        addi(1, 0, 0),
+        ("mtcr", 1, 0, 0, spec.CR_EPSW),
+        ("mtcr", 0, 0, 0, spec.CR_EPC),
+        ("iret", 0, 0, 0, 0),
+    ],
+    "io and hcall": [
+        addi(1, 0, 0x48),
+        ("out", 1, 0, 0, 0),
+        ("in", 2, 0, 0, 0),
+        ("hcall", 0, 0, 0, 7),
+        ("syscall", 0, 0, 0, 3),
+    ],
+}
+
+
+@needs_c
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("profile", ["classic", "x86like", "all-execute", "all-ignore"])
+@pytest.mark.parametrize("flags", [0, S.F_TRAPS_TO_HOST | S.F_HCALL_TO_HOST])
+def test_hand_written_cases_agree(name: str, profile: str, flags: int) -> None:
+    from isa.profiles import load_profile
+
+    if profile.startswith("all-"):
+        prof = np.full(len(spec.PROFILE_KEYS), spec.EXECUTE if profile == "all-execute" else spec.IGNORE)
+    else:
+        prof = load_profile(profile).array()
+    mem = assemble(*CASES[name])
+    mem[0x100:0x140] = mem[0:0x40]  # the user-mode copy that "user mode and iret" jumps into
+    mem[0x300:0x310] = assemble(*SKIP_HANDLER)[:0x10]
+    state = S.new_state(len(mem), prof)
+    state[S.FLAGS] = flags
+    state[S.IVT] = 0x300
+    run_all(state, mem, [7, 1, 40, 3, 200], max_steps=600)
+
+
+@needs_c
+def test_wfi_skips_ahead_exactly() -> None:
+    mem = assemble(addi(1, 0, 50), ("mtcr", 1, 0, 0, spec.CR_TIMER), ("wfi", 0, 0, 0, 0), HALT)
+    state = S.new_state(len(mem))
+    assert native.run(state, mem, 100) == S.EXIT_HALT
+    assert state[S.CYCLE] == 2 + 51 + 1 and state[S.STEPS] == 4 and state[S.PENDING] == S.PEND_TIMER
+
+
+@needs_c
+def test_endless_wfi_exits_idle() -> None:
+    mem = assemble(("wfi", 0, 0, 0, 0))
+    state = S.new_state(len(mem))
+    assert native.run(state, mem, 100) == S.EXIT_IDLE and state[S.PC] == 0 and state[S.STEPS] == 0
+
+
+@needs_c
+def test_run_rejects_wrong_buffers() -> None:
+    mem = np.zeros(64, dtype=np.uint8)
+    with pytest.raises(ValueError):
+        native.run(np.zeros(S.NSLOTS, dtype=np.int32), mem, 1)
+    with pytest.raises(ValueError):
+        native.run(S.new_state(64), np.zeros(64, dtype=np.int8), 1)
+    with pytest.raises(ValueError):
+        native.run(S.new_state(64), np.zeros(128, dtype=np.uint8)[::2], 1)  # not contiguous
+    state = S.new_state(64)
+    state.flags.writeable = False
+    with pytest.raises((ValueError, TypeError)):
+        native.run(state, mem, 1)
+
+
+@needs_c
+def test_run_writes_in_place_without_copies() -> None:
+    mem = assemble(addi(1, 0, 7), ("stb", 1, 0, 0, 0x80), HALT)
+    state = S.new_state(len(mem))
+    assert native.run(state, mem, 10) == S.EXIT_HALT
+    assert state[1] == 7 and mem[0x80] == 7 and state[S.STATUS] == 7
