@@ -2,8 +2,9 @@
 
 The differential tests run random programs from random machine states under random profiles on every core
 and require identical exit codes, states and memory after every call, including the host's part of the
-contract (completing I/O, hypercalls and host-delivered traps) between calls. The strategies are local to
-this file. Tests that need the compiled module skip, with the reason, where it could not be built.
+contract (completing I/O, hypercalls and host-delivered traps) between calls. Random machines come from
+this file's strategies and from those shared with the JIT core's tests (tests/strategies.py). Tests that
+need the compiled module skip, with the reason, where it could not be built.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from isa import spec
 from isa import state as S
 from isa.core import reference
 from isa.spec import BY_MNEMONIC, encode
+from tests.strategies import BUDGETS, Machine, differential_run, load, machines, sieve_program
 
 needs_c = pytest.mark.skipif(not native.available(), reason=f"C core unavailable: {native.unavailable_reason()}")
 
@@ -248,6 +250,29 @@ def test_split_run_equals_one_run(m: tuple[np.ndarray, np.ndarray], budget: int,
         code = native.run(two_state, two_mem, budget - first)
     assert code == code_one
     assert np.array_equal(one_state, two_state) and np.array_equal(one_mem, two_mem)
+
+
+VALUES = st.lists(st.integers(0, M32), min_size=1, max_size=4)
+
+
+@needs_c
+@given(machines(), BUDGETS, VALUES)
+def test_shared_random_machines_match_reference(m: Machine, budgets: list[int], values: list[int]) -> None:
+    """The machines of tests/strategies.py (wild windows, vectors, profiles, host actions) on the C core."""
+    differential_run(m, budgets, values, native.run, reference.run)
+
+
+@needs_c
+def test_long_sieve_counts_primes_and_matches_jit() -> None:
+    """A run too long for the reference core: the prime count is right, and the JIT core ends identically."""
+    mem = np.zeros(0x10000 + 4096, dtype=np.uint8)
+    load(mem, sieve_program(n=4096, reps=3, flags=0x10000))
+    state = S.new_state(len(mem))
+    m = Machine(state, mem)
+    if JIT_RUN is not None:
+        differential_run(m, [50_000, 1 << 30], [0], native.run, JIT_RUN)
+    assert native.run(state, mem, 1 << 30) == S.EXIT_HALT
+    assert state[9] == 564 + 2  # pi(4096) = 564, plus the two flags of 0 and 1
 
 
 # --- hand-written cases the random programs may rarely reach ----------------------------------------------------
