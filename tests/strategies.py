@@ -147,7 +147,11 @@ BRANCH_OFF = st.integers(0, 9).flatmap(
     lambda k: st.integers(-(1 << 15), (1 << 15) - 1) if k == 9 else st.integers(-6, 6)
 )
 JUMP_OFF = st.integers(0, 9).flatmap(lambda k: st.integers(-(1 << 19), (1 << 19) - 1) if k == 9 else st.integers(-6, 6))
-CRS = st.one_of(st.integers(0, spec.NUM_CRS - 1), st.integers(spec.NUM_CRS, 0xFFFF))
+CRS = st.one_of(
+    st.sampled_from([CR_NUMBER[n] for n in ("timer", "cycle", "psw", "base", "bound")]),
+    st.integers(0, spec.NUM_CRS - 1),
+    st.integers(spec.NUM_CRS, 0xFFFF),
+)
 
 # Bits that must be zero, per operand syntax (spec._MUST_BE_ZERO): setting any of them makes a word ILLEGAL.
 _UNUSED = {"rd,imm": 0x000F0000, "uimm": 0x00FF0000, "rd,cr": 0x000F0000, "cr,rs": 0x000F0000,

@@ -147,38 +147,74 @@ def test_byte_store_into_the_next_instruction() -> None:
     _both(m, [100])
 
 
-def test_timer_interrupts_and_wfi() -> None:
-    """A periodic timer with an interrupt handler, user-mode work, and wfi skipping ahead."""
+def _timer_program(period: int, reload: int, spins: int, ie: int, user: bool) -> bytes:
+    """A periodic timer and its interrupt handler, a loop reading cycle and timer, then wfi until idle."""
     p = Prog()
     p.jal(0, imm="main")
     p.label("handler")  # count interrupts in r5, re-arm the timer with r6, return
     p.addi(5, 5, imm=1)
+    p.mfcr(4, imm=CR_NUMBER["timer"])
     p.mtcr(6, imm=CR_NUMBER["timer"])
     p.iret()
     p.label("main")
-    p.li(7, 4)  # ivt = handler
+    p.addi(7, 0, imm=4)  # ivt = handler
     p.mtcr(7, imm=CR_NUMBER["ivt"])
-    p.addi(6, 0, imm=7)
+    p.addi(6, 0, imm=period)
     p.mtcr(6, imm=CR_NUMBER["timer"])
-    p.addi(8, 0, imm=3)  # psw = S | IE
-    p.mtcr(8, imm=CR_NUMBER["psw"])
-    p.addi(9, 0, imm=40)
+    p.addi(6, 0, imm=reload)
+    if user:  # drop to user mode (the profile lets it read cycle and timer) at "work"
+        p.li(8, 0)
+        p.mtcr(8, imm=CR_NUMBER["ebase"])
+        p.li(8, 0x1000)
+        p.mtcr(8, imm=CR_NUMBER["ebound"])
+        p.li(8, ie)
+        p.mtcr(8, imm=CR_NUMBER["epsw"])
+        p.addi(9, 0, imm="work")
+        p.mtcr(9, imm=CR_NUMBER["epc"])
+        p.iret()
+    else:
+        p.addi(8, 0, imm=spec.PSW_S | ie)
+        p.mtcr(8, imm=CR_NUMBER["psw"])
+    p.label("work")
+    p.addi(9, 0, imm=spins)
     p.label("spin")
-    p.addi(9, 9, imm=-1)
     p.mfcr(10, imm=CR_NUMBER["cycle"])
     p.mfcr(11, imm=CR_NUMBER["timer"])
-    p.bne(9, 0, imm="spin")
+    p.addi(9, 9, imm=-1)
+    p.bge(9, 0, imm="spin")
     p.wfi()
     p.wfi()
     p.mfcr(12, imm=CR_NUMBER["cycle"])
     p.addi(6, 0, imm=0)  # the next interrupt stops the timer
     p.wfi()
-    p.wfi()  # nothing can end this one: EXIT_IDLE
+    p.wfi()  # nothing can end this one unless interrupts are off: EXIT_IDLE
     p.halt()
-    m = _machine(p.image())
+    return p.image()
+
+
+def test_timer_interrupts_and_wfi() -> None:
+    """A periodic timer with an interrupt handler, reads of cycle and timer, and wfi skipping ahead."""
+    m = _machine(_timer_program(7, 7, 40, spec.PSW_IE, False))
     for budgets in ([10_000], [1] * 400, [5, 3, 17, 2, 1, 1000]):
         codes = _both(m.copy(), budgets)
         assert S.EXIT_IDLE in codes
+
+
+@given(
+    st.integers(0, 40),
+    st.integers(0, 40),
+    st.integers(0, 30),
+    st.sampled_from([0, spec.PSW_IE]),
+    st.booleans(),
+    st.integers(0, 3),
+    BUDGETS,
+)
+def test_random_timer_programs(
+    period: int, reload: int, spins: int, ie: int, user: bool, flags: int, budgets: list[int]
+) -> None:
+    m = _machine(_timer_program(period, reload, spins, ie, user), flags=flags)
+    m.state[S.PROFILE : S.PROFILE + len(spec.PROFILE_KEYS)] = spec.EXECUTE
+    differential_run(m, budgets, [1, 2, 3], jit.run, reference.run)
 
 
 def test_wfi_with_traps_to_host_and_pending_device() -> None:

@@ -4,19 +4,21 @@
 for any budget and any split of a run into several calls (docs/isa.md).  It is the project's "hardware", so
 it is written for speed:
 
-- the hot machine state lives in local variables: ``pc``, the relocation base and one precomputed limit
-  ``lim = min(bound, memsize - base)`` so that a bounds check is a single comparison; the registers stay
-  in ``state[0:16]`` (their home) and every other CR is read from and written to ``state`` directly by the
-  rare instructions that touch it;
-- time is lazy: ``r`` counts instructions retired during this call, and the timer is kept as the value of
-  ``r`` at which it reaches zero (``tdead``), so one comparison per instruction (``r >= stop``) covers the
-  budget, the timer and every other event; ``cycle``, ``timer`` and ``steps`` are written back on exit;
-- interrupts are looked at only on that slow path, which an instruction that could make one deliverable
-  (``mtcr``, ``setpsw``, ``iret``, ``wfi``) forces by setting ``stop = -1``; a trap does the same after
-  recording its cause, so every trap is delivered in one place;
-- memory is indexed with unsigned integers (no negative-index fix-up) and every access is checked against
-  ``lim`` first, so no guest value and no value in ``state`` can reach outside ``mem``;
-- every instruction word is fetched from memory on every step, so self-modifying code needs no care.
+- two nested loops: the inner one runs everything but system instructions (ALU, loads, stores, branches,
+  jumps) with only a handful of live values, so they stay in machine registers; it leaves on a trap, on a
+  system instruction and when ``r`` reaches ``stop``.  The outer one delivers traps, fires the timer,
+  checks the budget, takes interrupts, and runs the system instructions; interrupts are therefore looked at
+  only after something that could make one deliverable;
+- the hot state lives in local variables: ``pc``, the relocation base and ``lim = min(bound, memsize -
+  base)``, so that a bounds check is a single comparison.  The registers stay in ``state[0:16]`` (their
+  home); every other CR is read from and written to ``state`` by the rare instructions that touch it;
+- time is lazy: ``r`` counts instructions retired in this call and the timer is kept as the value of ``r``
+  at which it reaches zero (``tdead``), so one comparison per instruction (``r < stop``) covers the budget
+  and the timer; ``cycle``, ``timer``, ``steps`` and ``pc`` are written back on exit;
+- memory is indexed with unsigned integers (no negative-index fix-up), words are moved with one unaligned
+  32-bit access (a relocation base need not be aligned), and every access is checked against ``lim``
+  first, so no guest value and no value in ``state`` can reach outside ``mem``;
+- every instruction word is fetched from memory at every step, so self-modifying code needs no care.
 """
 
 from __future__ import annotations
