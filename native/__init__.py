@@ -18,10 +18,7 @@ try:
     from native._p32core import ffi, lib
 except ImportError as _e:  # not built: no compiler at install time, or not installed at all
     ffi = lib = None
-    _REASON = (
-        f"the extension module native._p32core is not built ({_e}); "
-        "install a C compiler and reinstall popek (pip install -e .)"
-    )
+    _REASON = f"the extension module native._p32core is not built ({_e}); install a C compiler and reinstall popek"
 else:
     _REASON = ""
 
