@@ -32,6 +32,10 @@ IO_REG = 38  # and the register that in reads into
 STEPS = 39  # steps run since reset (64-bit)
 STATUS = 40  # exit status after halt (r1 & 0xFF)
 PROFILE = 48  # one behaviour code (spec.TRAP/EXECUTE/IGNORE) per spec.PROFILE_KEYS entry
+# Slots 88-103 belong to the binary-rewriting support, 104-119 to the paravirtual support (their monitors
+# document them); 120-127 are free.
+REWRITE_SLOTS = 88
+PV_SLOTS = 104
 NSLOTS = 128
 
 PEND_TIMER = 1
@@ -40,6 +44,7 @@ PEND_DEVICE = 2
 # Host flags (FLAGS slot).
 F_TRAPS_TO_HOST = 1  # every trap and interrupt exits with EXIT_TRAP instead of entering the guest's vector
 F_HCALL_TO_HOST = 2  # hcall exits with EXIT_HCALL instead of raising ILLEGAL (a monitor is present)
+# Bit 2 (4) is reserved for the binary-rewriting support, bit 3 (8) for the paravirtual support.
 
 # Exit codes.
 EXIT_HALT = 0  # halt retired; status in STATUS
@@ -50,6 +55,7 @@ EXIT_HCALL = 4  # hcall with F_HCALL_TO_HOST; number in XCAUSE
 EXIT_IDLE = 5  # wfi with nothing pending and nothing that could ever make it pending (or F_TRAPS_TO_HOST)
 EXIT_ERROR = 6  # the core could not go on (never caused by a guest; a bug)
 EXIT_NAMES = ["halt", "budget", "trap", "io", "hcall", "idle", "error"]
+# Exit codes 7-9 are reserved for the binary-rewriting support, 10-12 for the paravirtual support.
 
 MASK32 = 0xFFFFFFFF
 assert CYCLE == CR0 + CR_CYCLE and TIMER == CR0 + CR_TIMER and PROFILE + len(PROFILE_KEYS) <= NSLOTS
