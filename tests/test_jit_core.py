@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,3 +328,17 @@ def test_host_action_is_shared_with_other_core_tests() -> None:
     state = S.new_state(64)
     assert host_action(state, S.EXIT_BUDGET, 0)
     assert not host_action(state, S.EXIT_HALT, 0)
+
+
+def test_cache_dir_fallbacks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Numba's own cache places first; a popek directory when neither is writable; no cache when nothing is."""
+    monkeypatch.setattr(jit.numba.config, "CACHE_DIR", "")
+    monkeypatch.setattr(jit, "_writable", lambda path: True)
+    assert jit._fallback_cache_dir() is None  # the package's __pycache__
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(jit, "_writable", lambda path: path.startswith(str(tmp_path / "popek")))
+    assert jit._fallback_cache_dir() == str(tmp_path / "popek" / "numba")
+    monkeypatch.setattr(jit, "_writable", lambda path: False)
+    assert jit._fallback_cache_dir() == ""
+    monkeypatch.setattr(jit.numba.config, "CACHE_DIR", str(tmp_path))
+    assert jit._fallback_cache_dir() is None  # NUMBA_CACHE_DIR set: Numba uses it

@@ -91,10 +91,11 @@ def _fallback_cache_dir() -> str | None:
     if _writable(AppDirs(appname="numba", appauthor=False).user_cache_dir):
         return None
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for candidate in (
-        os.path.join(xdg, "popek", "numba"),
-        os.path.join(tempfile.gettempdir(), f"popek-numba-{os.getuid() if hasattr(os, 'getuid') else 'user'}"),
-    ):
+    candidates = [os.path.join(xdg, "popek", "numba")]
+    with contextlib.suppress(OSError):  # gettempdir raises when no temporary directory is usable
+        user = os.getuid() if hasattr(os, "getuid") else "user"
+        candidates.append(os.path.join(tempfile.gettempdir(), f"popek-numba-{user}"))
+    for candidate in candidates:
         if _writable(candidate):
             return candidate
     return ""  # nowhere to write: compile without caching
