@@ -37,6 +37,8 @@
 #define P32_STEPS 39
 #define P32_STATUS 40
 #define P32_PROFILE 48
+#define P32_REWRITE_SLOTS 88 /* 88-103: binary-rewriting support (not used by this core yet) */
+#define P32_PV_SLOTS 104     /* 104-119: paravirtual support (not used by this core yet) */
 #define P32_NSLOTS 128
 
 #define P32_PEND_TIMER 1
