@@ -72,3 +72,15 @@ def test_sort_matches_python() -> None:
 @pytest.mark.parametrize("name", ["hello.s", "fib.s", "crc32.s"])
 def test_reference_core_agrees(name: str) -> None:
     assert run_program(name, core="reference")[:2] == run_program(name)[:2]
+
+
+def test_arith_loop_matches_python() -> None:
+    x, acc, m = 0x12345678, 0, 0xFFFFFFFF
+    for _ in range(1000):
+        x ^= (x << 13) & m
+        x ^= x >> 17
+        x ^= (x << 5) & m
+        p = (x * 0x9E3779B1) & m
+        acc = (acc + p) & m
+        acc = (acc + (acc < p)) & m
+    assert run_program("arith.s", ROUNDS=1000)[0] == f"0x{acc:08x}\n"
