@@ -178,7 +178,6 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
     """Run at most ``budget`` steps of the machine in ``state``/``mem``; return the exit code."""
     memsize = np.int64(mem.shape[0])
     lim_steps = min(max(np.int64(budget), 0), MAX_BUDGET)  # retirements the budget allows: budget - traps
-    z = state[0]  # r0 reads what the state holds (0); writes to it are discarded by restoring it
     pc = state[PC] & M32
     base = state[BASE] & M32
     lim = min(state[BOUND] & M32, memsize - base)  # an access of n bytes at va is valid iff va + n <= lim
@@ -254,9 +253,9 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
             a = (w >> 20) & 15
             b = (w >> 16) & 15
             npc = pc + 4
-            if op == 0x11:  # addi
-                state[a] = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
-                state[0] = z
+            if op == 0x11:  # addi (like every write to a register, one to r0 is discarded)
+                if a:
+                    state[a] = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
             elif op == 0x30:  # beq
                 if state[a] == state[b]:
                     npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
@@ -280,16 +279,16 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                     tc = ILLEGAL
                     ti = w
                     break
-                state[a] = (state[b] + state[(w >> 12) & 15]) & M32
-                state[0] = z
+                if a:
+                    state[a] = (state[b] + state[(w >> 12) & 15]) & M32
             elif op == 0x22:  # ldbu
                 va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
                 if va + 1 > lim:
                     tc = MEM_FAULT
                     ti = va
                     break
-                state[a] = np.int64(mem[np.uint64(base + va)])
-                state[0] = z
+                if a:
+                    state[a] = np.int64(mem[np.uint64(base + va)])
             elif op == 0x25:  # stb
                 va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
                 if va + 1 > lim:
@@ -307,8 +306,8 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                     tc = MEM_FAULT
                     ti = va
                     break
-                state[a] = _load32(mem, np.uint64(base + va))
-                state[0] = z
+                if a:
+                    state[a] = _load32(mem, np.uint64(base + va))
             elif op == 0x24:  # st
                 va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
                 if va & 3:
@@ -321,21 +320,21 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                     break
                 _store32(mem, np.uint64(base + va), state[a])
             elif op == 0x38:  # jal
-                state[a] = npc & M32
-                state[0] = z
+                if a:
+                    state[a] = npc & M32
                 npc = pc + ((((w & 0xFFFFF) ^ 0x80000) - 0x80000) << 2)
             elif op == 0x39:  # jalr (the target first, so that jalr r1, 0(r1) works)
                 t = state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)
-                state[a] = npc & M32
-                state[0] = z
+                if a:
+                    state[a] = npc & M32
                 npc = t
             elif op == 0x10:  # lui
                 if w & 0xF0000:
                     tc = ILLEGAL
                     ti = w
                     break
-                state[a] = (w & 0xFFFF) << 16
-                state[0] = z
+                if a:
+                    state[a] = (w & 0xFFFF) << 16
             elif op >= 0x02 and op <= 0x0F:  # the other register-register operations
                 if w & 0xFFF:
                     tc = ILLEGAL
@@ -379,40 +378,40 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                         if (sx < 0) != (sy < 0):
                             q = -q
                         v = q if op == 0x0A else sx - q * sy
-                state[a] = v & M32
-                state[0] = z
+                if a:
+                    state[a] = v & M32
             elif op == 0x13:  # andi
-                state[a] = state[b] & (w & 0xFFFF)
-                state[0] = z
+                if a:
+                    state[a] = state[b] & (w & 0xFFFF)
             elif op == 0x14:  # ori
-                state[a] = (state[b] | (w & 0xFFFF)) & M32
-                state[0] = z
+                if a:
+                    state[a] = (state[b] | (w & 0xFFFF)) & M32
             elif op == 0x15:  # xori
-                state[a] = (state[b] ^ (w & 0xFFFF)) & M32
-                state[0] = z
+                if a:
+                    state[a] = (state[b] ^ (w & 0xFFFF)) & M32
             elif op == 0x16:  # shli
-                state[a] = (state[b] << (w & 31)) & M32
-                state[0] = z
+                if a:
+                    state[a] = (state[b] << (w & 31)) & M32
             elif op == 0x17:  # shri
-                state[a] = (state[b] >> (w & 31)) & M32
-                state[0] = z
+                if a:
+                    state[a] = (state[b] >> (w & 31)) & M32
             elif op == 0x18:  # sari
-                state[a] = (((state[b] ^ 0x80000000) - 0x80000000) >> (w & 31)) & M32
-                state[0] = z
+                if a:
+                    state[a] = (((state[b] ^ 0x80000000) - 0x80000000) >> (w & 31)) & M32
             elif op == 0x1E:  # slti
-                state[a] = np.int64(((state[b] ^ 0x80000000) - 0x80000000) < (((w & 0xFFFF) ^ 0x8000) - 0x8000))
-                state[0] = z
+                if a:
+                    state[a] = np.int64(((state[b] ^ 0x80000000) - 0x80000000) < (((w & 0xFFFF) ^ 0x8000) - 0x8000))
             elif op == 0x1F:  # sltiu (against the sign-extended immediate, as unsigned)
-                state[a] = np.int64(state[b] < ((((w & 0xFFFF) ^ 0x8000) - 0x8000) & M32))
-                state[0] = z
+                if a:
+                    state[a] = np.int64(state[b] < ((((w & 0xFFFF) ^ 0x8000) - 0x8000) & M32))
             elif op == 0x21:  # ldb
                 va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
                 if va + 1 > lim:
                     tc = MEM_FAULT
                     ti = va
                     break
-                state[a] = ((np.int64(mem[np.uint64(base + va)]) ^ 0x80) - 0x80) & M32
-                state[0] = z
+                if a:
+                    state[a] = ((np.int64(mem[np.uint64(base + va)]) ^ 0x80) - 0x80) & M32
             elif op >= 0x40 and op <= 0x52:
                 system = True  # handled below, outside the fast loop
                 break
@@ -484,8 +483,8 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                 v = (tdead - r) & M32 if tact else 0
             else:
                 v = state[CR0 + cr] & M32
-            state[a] = v
-            state[0] = z
+            if a:
+                state[a] = v
         elif op == 0x4C:  # mtcr
             cr = w & 0xFFFF
             x = state[a]
@@ -527,13 +526,13 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
             _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
             return EXIT_IO
         elif op == 0x50:  # getpsw
-            state[a] = state[PSW] & M32
-            state[0] = z
+            if a:
+                state[a] = state[PSW] & M32
         elif op == 0x51:  # setpsw
             state[PSW] = state[a] & 3
         else:  # getbase
-            state[a] = state[BASE] & M32
-            state[0] = z
+            if a:
+                state[a] = state[BASE] & M32
         pc = npc & M32  # retire
         r += 1
 
