@@ -667,14 +667,14 @@ def reason_text(reason: tuple[str, str]) -> str:
     """One reason in words."""
     kind, c = reason
     if kind == "mode":
-        return f"mode-sensitive: {c}" if c in COMPONENTS else f"mode-sensitive: {_MODE_WORDS.get(c, c)}"
+        return f"mode-sensitive: {_MODE_WORDS.get(c, c)}"
     if kind == "reads":
         return "location-sensitive" if c in ("base", "bound") else f"reads {c}"
     return f"control-sensitive: writes {c}"
 
 
 _MODE_WORDS = {"regs": "its result", "console": "the console", "halt": "halting", "idle": "waiting", "pc": "jumping",
-               "trap": "trapping", "mem": "memory"}  # fmt: skip
+               "trap": "trapping", "mem": "memory", "M": "the psw", "IE": "the psw"}  # fmt: skip
 
 
 def _describe(reasons: list[tuple[str, str]]) -> str:
@@ -1038,8 +1038,7 @@ def _program_t1(m: Model, form: Form, reason: tuple[str, str], control: bool) ->
     prof, f = m.profile, _semantics(m.profile, form)
     several = len(f.read_set("sup") & _TRAP_REGS) > 1
     inp, fault = b"", False
-    pre: list[tuple] = []  # set-up before the planned fault (if any)
-    post: list[tuple] = []  # set-up after it
+    pre: list[tuple] = []  # set-up, before the planned fault if there is one
     observe: list[tuple] = []  # right after the instruction
     after_trap: list[tuple] = []  # on the trap path
     story = ""
@@ -1151,8 +1150,6 @@ def _program_t1(m: Model, form: Form, reason: tuple[str, str], control: bool) ->
         p.ins("jal", 0, 0, 0, "resumed", "reached only by an iret back to 'fault'")
         p.label("stage2")
         p.ins("addi", 6, 0, 0, 0, "a retry of 'fault' now succeeds")
-    for step in post:
-        _emit_step(p, m, step)
     for r in sorted(regs):
         p.li(r, regs[r])
     p.label("test")
