@@ -57,6 +57,23 @@ EXIT_ERROR = 6  # the core could not go on (never caused by a guest; a bug)
 EXIT_NAMES = ["halt", "budget", "trap", "io", "hcall", "idle", "error"]
 # Exit codes 7-9 are reserved for the binary-rewriting support, 10-12 for the paravirtual support.
 
+# --- binary-rewriting support (docs/isa.md, "Binary-rewriting support"; vmm/monitors/rewrite.py) ---------
+# A monitor keeps a *shadow copy* of a guest's code, rewritten, in its own memory D bytes below the guest.
+# The support is active while F_REWRITE is set and 4 <= D <= base: then every store also leaves the marker
+# word (RW_OP_XLATE << 24) over the shadow of the words it wrote, and with RW_FETCH set instructions are
+# fetched from the shadow, where the monitor-only opcodes RW_OP_XLATE..RW_OP_LAST decode.
+F_REWRITE = 4
+RW_SHADOW = 88  # D: the shadow of physical address p is at p - D
+RW_FETCH = 89  # non-zero: fetch instructions from the shadow
+RW_VPEND = 90  # the virtual CPU's pending interrupts (a twin may not enable IE while one is)
+VCR0 = 91  # virtual control register n at VCR0 + n; cycle holds an offset to CYCLE, timer a deadline on it
+EXIT_XLATE = 7  # fetched a marker: the shadow word at pc is not translated (or is stale); pc at it
+EXIT_CALLOUT = 8  # a replaced instruction only the monitor can perform; pc at it, nothing changed
+RW_OP_XLATE = 0xC0  # the marker: untranslated or overwritten since its translation
+RW_OP_CALLOUT = 0xC1  # "the monitor performs the guest's instruction here"
+RW_OP_LAST = 0xDF  # the last monitor-only opcode
+RW_TWIN = 0x80  # opcode distance from a system instruction (0x42-0x5F) to its twin (0xC2-0xDF)
+
 MASK32 = 0xFFFFFFFF
 assert CYCLE == CR0 + CR_CYCLE and TIMER == CR0 + CR_TIMER and PROFILE + len(PROFILE_KEYS) <= NSLOTS
 

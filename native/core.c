@@ -117,7 +117,7 @@ static inline void store32(uint8_t *p, uint32_t v)
             goto slow;                                                                                      \
         if (UNLIKELY((uint64_t)pc + 4 > limit))                                                             \
             FAULT(P32_MEM_FAULT, pc);                                                                       \
-        word = load32(mb + pc);                                                                             \
+        word = load32(fmb + pc); /* fmb: binary-rewriting support (== mb unless fetching a shadow copy) */  \
         goto *dispatch[word >> 24];                                                                         \
     } while (0)
 #else
@@ -175,6 +175,26 @@ static inline void store32(uint8_t *p, uint32_t v)
             goto privileged;                                                                                \
     }
 
+/* binary-rewriting support --------------------------------------------------------------------------------
+ * Active while F_REWRITE is set and 4 <= D <= base (D = state[RW_SHADOW]), which keeps every shadow access
+ * inside memory: a store leaves the marker over the shadow words holding its first and last byte, and with
+ * RW_FETCH set instructions come from the shadow copy, D bytes below, where opcodes 0xC0-0xDF decode. */
+#define RW_WINDOW()                                                                                         \
+    do {                                                                                                    \
+        rw_d = state[P32_RW_SHADOW];                                                                        \
+        rw_mark = (flags & P32_F_REWRITE) && rw_d >= 4 && rw_d <= (int64_t)(uint32_t)base;                  \
+        rw_fetch = rw_mark && state[P32_RW_FETCH] != 0;                                                     \
+        fmb = rw_fetch && limit ? mb - rw_d : mb;                                                           \
+    } while (0)
+#define RW_MARK_STORE(va, n)                                                                                \
+    do {                                                                                                    \
+        if (UNLIKELY(rw_mark)) {                                                                            \
+            uint64_t pa_ = (uint64_t)(uint32_t)base + (va) - (uint64_t)rw_d;                                \
+            store32(mem + (pa_ & ~(uint64_t)3), (uint32_t)P32_RW_OP_XLATE << 24);                           \
+            store32(mem + ((pa_ + (n) - 1) & ~(uint64_t)3), (uint32_t)P32_RW_OP_XLATE << 24);               \
+        }                                                                                                   \
+    } while (0)
+
 int p32_run(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget)
 {
 #ifdef P32_COMPUTED_GOTO
@@ -202,6 +222,10 @@ int p32_run(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget)
     uint64_t limit;
     uint8_t *mb;
     uint32_t word = 0, tc = 0, ti = 0;
+    /* binary-rewriting support: stores leave markers (rw_mark), fetches read the shadow copy at fmb */
+    int rw_mark = 0, rw_fetch = 0;
+    int64_t rw_d = 0;
+    uint8_t *fmb;
     int rc, i;
 
     for (i = 0; i < 16; i++)
@@ -210,6 +234,7 @@ int p32_run(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget)
         memsize = 0;
     tdead = tfix > 0 ? tfix : NEVER;
     SET_WINDOW();
+    RW_WINDOW(); /* binary-rewriting support */
 #ifdef P32_COMPUTED_GOTO
     goto slow;
 #else
@@ -220,7 +245,7 @@ next:
         goto slow;
     if (UNLIKELY((uint64_t)pc + 4 > limit))
         FAULT(P32_MEM_FAULT, pc);
-    word = load32(mb + pc);
+    word = load32(fmb + pc); /* binary-rewriting support: fmb */
     switch (word >> 24) {
 #endif
 
@@ -300,6 +325,7 @@ next:
         uint32_t va = r[RB] + SIMM;
         CHECK_WORD(va);
         store32(mb + va, r[RA]);
+        RW_MARK_STORE(va, 4); /* binary-rewriting support */
         RETIRE_NEXT();
     }
     CASE(0x25, stb)
@@ -307,6 +333,7 @@ next:
         uint32_t va = r[RB] + SIMM;
         CHECK_BYTE(va);
         mb[va] = (uint8_t)r[RA];
+        RW_MARK_STORE(va, 1); /* binary-rewriting support */
         RETIRE_NEXT();
     }
 
@@ -499,11 +526,79 @@ next:
 L_illegal:
 #endif
 illegal:
+    /* binary-rewriting support: the monitor-only words of a shadow copy */
+    if (UNLIKELY(rw_fetch) && (word >> 24) >= P32_RW_OP_XLATE && (word >> 24) <= P32_RW_OP_LAST)
+        goto rw_op;
     FAULT(P32_ILLEGAL, word);
 privileged:
     FAULT(P32_PRIV, word);
 ignore: /* an ignored system instruction retires and does nothing else */
     RETIRE_NEXT();
+
+rw_op: /* binary-rewriting support: a monitor-only word fetched from the shadow copy (reference.py _rw_execute) */
+{
+    const uint32_t op = word >> 24, orig = word - ((uint32_t)P32_RW_TWIN << 24), oop = orig >> 24;
+    const uint32_t imm = orig & 0xFFFFu, ra = (orig >> 20) & 15u;
+    int64_t *const vcr = state + P32_VCR0;
+    uint32_t cr, v;
+    int bad, key;
+    if (op == P32_RW_OP_XLATE) {
+        rc = P32_EXIT_XLATE;
+        goto out;
+    }
+    if (op == P32_RW_OP_CALLOUT)
+        goto rw_callout;
+    /* a twin: the original must be a system instruction with a profile key, without stray bits */
+    switch (oop) {
+    case 0x48: case 0x49: case 0x4A: bad = (orig & MBZ_ALL) != 0; key = P32_K_IRET + (int)(oop - 0x48); break;
+    case 0x4B: case 0x4C:
+        bad = (orig & MBZ_B) || imm >= P32_NUM_CRS;
+        key = (oop == 0x4B ? P32_K_MFCR : P32_K_MTCR) + (int)(imm < P32_NUM_CRS ? imm : 0);
+        break;
+    case 0x4D: case 0x4E: bad = (orig & MBZ_B) != 0; key = oop == 0x4D ? P32_K_IN : P32_K_OUT; break;
+    case 0x50: case 0x51: case 0x52: bad = (orig & MBZ_BI) != 0; key = P32_K_GETPSW + (int)(oop - 0x50); break;
+    default: bad = 1; key = 0; break;
+    }
+    if (bad)
+        FAULT(P32_ILLEGAL, orig);
+    if (!(vcr[P32_CR_PSW] & P32_PSW_S)) { /* virtual user mode: the profile decides */
+        int64_t how = prof[key];
+        if (how == P32_IGNORE)
+            goto ignore;
+        if (how != P32_EXECUTE)
+            FAULT(P32_PRIV, orig);
+    }
+    switch (oop) {
+    case 0x4B: case 0x50: case 0x52: /* mfcr getpsw getbase: read a virtual CR */
+        cr = oop == 0x4B ? imm : oop == 0x50 ? P32_CR_PSW : P32_CR_BASE;
+        if (cr == P32_CR_CYCLE)
+            v = (uint32_t)((uint64_t)cbase + (uint64_t)ret + (uint64_t)vcr[cr]);
+        else if (cr == P32_CR_TIMER)
+            v = vcr[cr] ? (uint32_t)((uint64_t)vcr[cr] - (uint64_t)cbase - (uint64_t)ret) : 0u;
+        else
+            v = (uint32_t)vcr[cr];
+        r[ra] = v;
+        RETIRE_NEXT();
+    case 0x4C: case 0x51: /* mtcr setpsw: write a virtual CR, or leave it to the monitor */
+        cr = oop == 0x4C ? imm : P32_CR_PSW;
+        v = r[ra];
+        if (cr == P32_CR_PSW) {
+            v &= 3u;
+            if (((v ^ (uint64_t)vcr[P32_CR_PSW]) & P32_PSW_S) || ((v & P32_PSW_IE) && state[P32_RW_VPEND]))
+                goto rw_callout;
+            vcr[P32_CR_PSW] = v;
+        } else if (cr == P32_CR_BASE || cr == P32_CR_BOUND || cr == P32_CR_TIMER)
+            goto rw_callout;
+        else if (cr != P32_CR_CYCLE)
+            vcr[cr] = v;
+        RETIRE_NEXT();
+    default: /* iret halt wfi in out */
+        goto rw_callout;
+    }
+rw_callout:
+    rc = P32_EXIT_CALLOUT;
+    goto out;
+}
 
 slow: /* the start of a step when something besides fetch-and-go may be due */
     r[0] = 0;
@@ -517,6 +612,7 @@ slow: /* the start of a step when something besides fetch-and-go may be due */
     if ((psw & P32_PSW_IE) && (pending & (P32_PEND_TIMER | P32_PEND_DEVICE)))
         goto interrupt;
     stop = bstop < tdead ? bstop : tdead;
+    RW_WINDOW(); /* binary-rewriting support: base may have changed */
     if (UNLIKELY(pc & 3u))
         FAULT(P32_ALIGN, pc);
     NEXT();

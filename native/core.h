@@ -37,7 +37,7 @@
 #define P32_STEPS 39
 #define P32_STATUS 40
 #define P32_PROFILE 48
-#define P32_REWRITE_SLOTS 88 /* 88-103: binary-rewriting support (not used by this core yet) */
+#define P32_REWRITE_SLOTS 88 /* 88-103: binary-rewriting support (below) */
 #define P32_PV_SLOTS 104     /* 104-119: paravirtual support (not used by this core yet) */
 #define P32_NSLOTS 128
 
@@ -54,6 +54,19 @@
 #define P32_EXIT_HCALL 4
 #define P32_EXIT_IDLE 5
 #define P32_EXIT_ERROR 6
+
+/* binary-rewriting support (isa/state.py; docs/isa.md, "Binary-rewriting support") */
+#define P32_F_REWRITE 4
+#define P32_RW_SHADOW 88 /* D: the shadow copy of physical address p is at p - D */
+#define P32_RW_FETCH 89  /* non-zero: fetch from the shadow copy */
+#define P32_RW_VPEND 90  /* the virtual CPU's pending interrupts */
+#define P32_VCR0 91      /* virtual control register n at P32_VCR0 + n */
+#define P32_EXIT_XLATE 7
+#define P32_EXIT_CALLOUT 8
+#define P32_RW_OP_XLATE 192   /* 0xC0: the marker */
+#define P32_RW_OP_CALLOUT 193 /* 0xC1 */
+#define P32_RW_OP_LAST 223    /* 0xDF */
+#define P32_RW_TWIN 128       /* opcode distance from a system instruction to its twin */
 
 /* Control registers (isa/spec.py). */
 #define P32_CR_PSW 0

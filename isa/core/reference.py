@@ -82,6 +82,8 @@ class Cpu:
     def store(self, va: int, n: int, value: int) -> None:
         pa = self.translate(va, n)
         self.mv[pa : pa + n] = (value & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
+        if self.s[S.FLAGS] & S.F_REWRITE:  # binary-rewriting support: the shadow of these words is stale
+            _rw_mark(self, pa, n)
 
 
 _decode = lru_cache(maxsize=1 << 16)(decode)  # decoding is pure: remember the words seen
@@ -332,6 +334,10 @@ def _step(cpu: Cpu) -> int | None:
     pc = int(s[S.PC])
     try:
         word = cpu.load(pc, 4)
+        if s[S.FLAGS] & S.F_REWRITE and _rw_fetching(s):  # binary-rewriting support: run the shadow copy
+            word = _rw_fetch(cpu, pc)
+            if S.RW_OP_XLATE <= word >> 24 <= S.RW_OP_LAST:
+                return _rw_execute(cpu, word, pc)
         d = _decode(word)
         if d is None:
             raise Trap(spec.ILLEGAL, word)
@@ -386,3 +392,90 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int, until_user: bool = Fals
         code = S.EXIT_BUDGET
     cpu.push()
     return code
+
+
+# --- binary-rewriting support ----------------------------------------------------------------------------
+# A monitor keeps a rewritten *shadow copy* of guest code D = state[RW_SHADOW] bytes below it in memory
+# (docs/isa.md, "Binary-rewriting support").  The support is active while F_REWRITE is set and
+# 4 <= D <= base, which keeps every shadow access inside memory whatever the state holds.
+
+
+def _rw_active(s: list[int]) -> bool:
+    return bool(s[S.FLAGS] & S.F_REWRITE) and 4 <= s[S.RW_SHADOW] <= s[S.BASE] & M32
+
+
+def _rw_fetching(s: list[int]) -> bool:
+    return _rw_active(s) and s[S.RW_FETCH] != 0
+
+
+_RW_MARK = (S.RW_OP_XLATE << 24).to_bytes(4, "little")
+
+
+def _rw_mark(cpu: Cpu, pa: int, n: int) -> None:
+    """A store wrote bytes pa..pa+n-1: leave the marker over the shadow words holding its first and last byte."""
+    if _rw_active(cpu.s):
+        d = cpu.s[S.RW_SHADOW]
+        for m in {(pa - d) & ~3, (pa + n - 1 - d) & ~3}:
+            cpu.mv[m : m + 4] = _RW_MARK
+
+
+def _rw_vcr(s: list[int], cr: int) -> int:
+    """A virtual control register as the twins read it (cycle and timer are kept relative to CYCLE)."""
+    if cr == spec.CR_CYCLE:
+        return (s[S.CYCLE] + s[S.VCR0 + cr]) & M32
+    if cr == spec.CR_TIMER:
+        return (s[S.VCR0 + cr] - s[S.CYCLE]) & M32 if s[S.VCR0 + cr] else 0
+    return s[S.VCR0 + cr] & M32
+
+
+def _rw_fetch(cpu: Cpu, pc: int) -> int:
+    """The word at pc in the shadow copy (pc has passed the fetch checks)."""
+    pa = cpu.translate(pc, 4) - cpu.s[S.RW_SHADOW]
+    return int.from_bytes(cpu.mv[pa : pa + 4], "little")
+
+
+def _rw_execute(cpu: Cpu, word: int, pc: int) -> int | None:
+    """A monitor-only word fetched from the shadow copy (any other word there runs as usual).
+
+    The marker exits with EXIT_XLATE and the callout with EXIT_CALLOUT, changing nothing.  A *twin* (opcode
+    0xC2-0xDF) is the system instruction 0x80 opcodes below it, performed on the virtual control registers
+    in the virtual mode (VCR psw): the profile decides in virtual user mode (a trap reports the original
+    word); mfcr/getpsw/getbase read a virtual CR; mtcr/setpsw write one, except that base, bound and timer,
+    a psw that changes the mode or enables IE while RW_VPEND is set, iret, halt, wfi, in and out exit with
+    EXIT_CALLOUT for the monitor to perform.
+    """
+    s = cpu.s
+    op = word >> 24
+    if op == S.RW_OP_XLATE:
+        return S.EXIT_XLATE
+    if op == S.RW_OP_CALLOUT:
+        return S.EXIT_CALLOUT
+    orig = word - (S.RW_TWIN << 24)
+    d = _decode(orig)
+    if d is None or d.insn.profile_key is None:
+        raise Trap(spec.ILLEGAL, orig)
+    m = d.insn.mnemonic
+    if not s[S.VCR0 + spec.CR_PSW] & PSW_S:  # virtual user mode
+        behaviour = s[S.PROFILE + PROFILE_INDEX[profile_key(d)]]
+        if behaviour not in (EXECUTE, IGNORE):
+            raise Trap(spec.PRIV, orig)
+        if behaviour == IGNORE:
+            m = "ignored"
+    if m in ("mfcr", "getpsw", "getbase"):
+        cpu.set_reg(d.a, _rw_vcr(s, d.imm if m == "mfcr" else spec.CR_PSW if m == "getpsw" else spec.CR_BASE))
+    elif m in ("mtcr", "setpsw"):
+        cr, value = (d.imm if m == "mtcr" else spec.CR_PSW), cpu.reg(d.a)
+        if cr == spec.CR_PSW:
+            value &= 3
+            if (value ^ s[S.VCR0]) & PSW_S or (value & PSW_IE and s[S.RW_VPEND]):
+                return S.EXIT_CALLOUT
+            s[S.VCR0] = value
+        elif cr in (spec.CR_BASE, spec.CR_BOUND, spec.CR_TIMER):
+            return S.EXIT_CALLOUT
+        elif cr != spec.CR_CYCLE:
+            s[S.VCR0 + cr] = value
+    elif m != "ignored":  # iret halt wfi in out
+        return S.EXIT_CALLOUT
+    cpu.next_pc, cpu.tick_timer = pc + 4, True
+    _retire(cpu)
+    return None
