@@ -4,11 +4,13 @@
 for any budget and any split of a run into several calls (docs/isa.md).  It is the project's "hardware", so
 it is written for speed:
 
-- two nested loops: the inner one runs everything but system instructions (ALU, loads, stores, branches,
-  jumps) with only a handful of live values, so they stay in machine registers; it leaves on a trap, on a
-  system instruction and when ``r`` reaches ``stop``.  The outer one delivers traps, fires the timer,
-  checks the budget, takes interrupts, and runs the system instructions; interrupts are therefore looked at
-  only after something that could make one deliverable;
+- two loops: the fast one (``_fast``, a function of its own so that only its few values compete for machine
+  registers) runs everything but system instructions (ALU, loads, stores, branches, jumps) and returns on a
+  trap, on a system instruction and when ``r`` reaches ``stop``.  Its dispatch is one ``if op == ...``
+  chain of equality tests, which LLVM turns into a single jump table (a range test in the chain would split
+  it in two).  The outer loop in ``run`` delivers traps, fires the timer, checks the budget, takes
+  interrupts, and runs the system instructions; interrupts are therefore looked at only after something
+  that could make one deliverable;
 - the hot state lives in local variables: ``pc``, the relocation base and ``lim = min(bound, memsize -
   base)``, so that a bounds check is a single comparison.  The registers stay in ``state[0:16]`` (their
   home); every other CR is read from and written to ``state`` by the rare instructions that touch it;
@@ -61,12 +63,6 @@ P_MFCR = S.PROFILE + spec.PROFILE_INDEX["mfcr." + spec.CR_NAMES[0]]  # mfcr.X at
 P_MTCR = S.PROFILE + spec.PROFILE_INDEX["mtcr." + spec.CR_NAMES[0]]  # mtcr.X at P_MTCR + X
 assert all(spec.PROFILE_INDEX[f"mfcr.{n}"] + S.PROFILE == P_MFCR + i for i, n in enumerate(spec.CR_NAMES))
 assert all(spec.PROFILE_INDEX[f"mtcr.{n}"] + S.PROFILE == P_MTCR + i for i, n in enumerate(spec.CR_NAMES))
-# binary-rewriting support (isa/state.py; the reference core's _rw_* functions are the specification)
-F_REWRITE, RW_SHADOW, RW_FETCH, RW_VPEND, VCR0 = S.F_REWRITE, S.RW_SHADOW, S.RW_FETCH, S.RW_VPEND, S.VCR0
-EXIT_XLATE, EXIT_CALLOUT, RW_TWIN = S.EXIT_XLATE, S.EXIT_CALLOUT, S.RW_TWIN
-RW_OP_XLATE, RW_OP_CALLOUT, RW_OP_LAST = S.RW_OP_XLATE, S.RW_OP_CALLOUT, S.RW_OP_LAST
-RW_MARK = S.RW_OP_XLATE << 24  # the word a store leaves over the shadow of what it wrote
-RW_RETIRE, RW_CALL_OUT = -1, -2  # what _rw_twin tells run to do (else: the cause of a trap)
 MAX_BUDGET = 1 << 62  # more steps than any run can take; keeps the step arithmetic far from overflow
 U1, U2, U3 = np.uint64(1), np.uint64(2), np.uint64(3)
 
@@ -180,65 +176,270 @@ def _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead):  # noqa: ANN00
 
 
 @_compiled
-def _rw_twin(state, w, cycle):  # noqa: ANN001, ANN202
-    """Binary-rewriting support: perform the twin ``w`` on the virtual CPU (reference.py, _rw_execute).
+def _fast(state, mem, pc, r, stop, lim, base):  # noqa: ANN001, ANN202
+    """The fast loop: everything but system instructions, until a trap, a system instruction or r = stop.
 
-    ``cycle`` is the real cycle count before it.  Returns RW_RETIRE, RW_CALL_OUT, or the cause of the trap
-    it raises (whose badaddr is the original word).
+    A function of its own so that only its few values compete for machine registers; returns (pc, r, the
+    cause and badaddr of a trap to deliver (cause 0: none), the word at pc, 1 for a system instruction).
     """
-    orig = w - (RW_TWIN << 24)
-    oop = orig >> 24
-    a = (orig >> 20) & 15
-    imm = orig & 0xFFFF
-    key = 0
-    if oop >= 0x48 and oop <= 0x4A:  # iret halt wfi
-        bad = (orig & 0xFFFFFF) != 0
-        key = P_IRET + (oop - 0x48)
-    elif oop == 0x4B or oop == 0x4C:  # mfcr mtcr
-        bad = (orig & 0xF0000) != 0 or imm >= NUM_CRS
-        if not bad:
-            key = (P_MFCR if oop == 0x4B else P_MTCR) + imm
-    elif oop == 0x4D or oop == 0x4E:  # in out
-        bad = (orig & 0xF0000) != 0
-        key = P_IN if oop == 0x4D else P_OUT
-    elif oop >= 0x50 and oop <= 0x52:  # getpsw setpsw getbase
-        bad = (orig & 0xFFFFF) != 0
-        key = P_GETPSW + (oop - 0x50)
-    else:
-        bad = True
-    if bad:
-        return ILLEGAL
-    if not (state[VCR0 + CR_PSW] & 1):  # virtual user mode: the profile decides
-        behaviour = state[key]
-        if behaviour == IGNORE:
-            return RW_RETIRE
-        if behaviour != EXECUTE:
-            return PRIV
-    if oop == 0x4B or oop == 0x50 or oop == 0x52:  # mfcr getpsw getbase: read a virtual CR
-        cr = imm if oop == 0x4B else (CR_PSW if oop == 0x50 else CR_BASE)
-        if cr == CR_CYCLE:
-            v = (cycle + state[VCR0 + cr]) & M32
-        elif cr == CR_TIMER:
-            v = (state[VCR0 + cr] - cycle) & M32 if state[VCR0 + cr] != 0 else 0
-        else:
-            v = state[VCR0 + cr] & M32
-        if a:
-            state[a] = v
-        return RW_RETIRE
-    if oop == 0x4C or oop == 0x51:  # mtcr setpsw: write a virtual CR, or leave it to the monitor
-        cr = imm if oop == 0x4C else CR_PSW
-        x = state[a]
-        if cr == CR_PSW:
-            x &= 3
-            if ((x ^ state[VCR0 + CR_PSW]) & 1) != 0 or ((x & 2) != 0 and state[RW_VPEND] != 0):
-                return RW_CALL_OUT
-            state[VCR0 + CR_PSW] = x
-        elif cr == CR_BASE or cr == CR_BOUND or cr == CR_TIMER:
-            return RW_CALL_OUT
-        elif cr != CR_CYCLE:
-            state[VCR0 + cr] = x
-        return RW_RETIRE
-    return RW_CALL_OUT  # iret halt wfi in out
+    tc = np.int64(0)
+    ti = np.int64(0)
+    w = np.int64(0)
+    system = np.int64(0)
+    while r < stop:
+        if pc & 3:
+            tc = ALIGN
+            ti = pc
+            break
+        if pc + 4 > lim:
+            tc = MEM_FAULT
+            ti = pc
+            break
+        w = _load32(mem, np.uint64(base + pc))
+        op = w >> 24
+        a = (w >> 20) & 15
+        b = (w >> 16) & 15
+        npc = pc + 4
+        if op == 0x11:  # addi (like every write to a register, one to r0 is discarded)
+            if a:
+                state[a] = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
+        elif op == 0x30:  # beq
+            if state[a] == state[b]:
+                npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
+        elif op == 0x31:  # bne
+            if state[a] != state[b]:
+                npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
+        elif op == 0x32:  # blt
+            if (state[a] ^ 0x80000000) < (state[b] ^ 0x80000000):
+                npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
+        elif op == 0x33:  # bge
+            if (state[a] ^ 0x80000000) >= (state[b] ^ 0x80000000):
+                npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
+        elif op == 0x34:  # bltu
+            if state[a] < state[b]:
+                npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
+        elif op == 0x35:  # bgeu
+            if state[a] >= state[b]:
+                npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
+        elif op == 0x01:  # add
+            if w & 0xFFF:
+                tc = ILLEGAL
+                ti = w
+                break
+            if a:
+                state[a] = (state[b] + state[(w >> 12) & 15]) & M32
+        elif op == 0x22:  # ldbu
+            va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
+            if va + 1 > lim:
+                tc = MEM_FAULT
+                ti = va
+                break
+            if a:
+                state[a] = np.int64(mem[np.uint64(base + va)])
+        elif op == 0x25:  # stb
+            va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
+            if va + 1 > lim:
+                tc = MEM_FAULT
+                ti = va
+                break
+            mem[np.uint64(base + va)] = state[a] & 0xFF
+        elif op == 0x20:  # ld
+            va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
+            if va & 3:
+                tc = ALIGN
+                ti = va
+                break
+            if va + 4 > lim:
+                tc = MEM_FAULT
+                ti = va
+                break
+            if a:
+                state[a] = _load32(mem, np.uint64(base + va))
+        elif op == 0x24:  # st
+            va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
+            if va & 3:
+                tc = ALIGN
+                ti = va
+                break
+            if va + 4 > lim:
+                tc = MEM_FAULT
+                ti = va
+                break
+            _store32(mem, np.uint64(base + va), state[a])
+        elif op == 0x38:  # jal
+            if a:
+                state[a] = npc & M32
+            npc = pc + ((((w & 0xFFFFF) ^ 0x80000) - 0x80000) << 2)
+        elif op == 0x39:  # jalr (the target first, so that jalr r1, 0(r1) works)
+            t = state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)
+            if a:
+                state[a] = npc & M32
+            npc = t
+        elif op == 0x10:  # lui
+            if w & 0xF0000:
+                tc = ILLEGAL
+                ti = w
+                break
+            if a:
+                state[a] = (w & 0xFFFF) << 16
+        elif op == 0x02:  # sub
+            if w & 0xFFF:
+                tc = ILLEGAL
+                ti = w
+                break
+            if a:
+                x = state[b]
+                y = state[(w >> 12) & 15]
+                state[a] = (x - y) & M32
+        elif op == 0x03:  # and
+            if w & 0xFFF:
+                tc = ILLEGAL
+                ti = w
+                break
+            if a:
+                x = state[b]
+                y = state[(w >> 12) & 15]
+                state[a] = (x & y) & M32
+        elif op == 0x04:  # or
+            if w & 0xFFF:
+                tc = ILLEGAL
+                ti = w
+                break
+            if a:
+                x = state[b]
+                y = state[(w >> 12) & 15]
+                state[a] = (x | y) & M32
+        elif op == 0x05:  # xor
+            if w & 0xFFF:
+                tc = ILLEGAL
+                ti = w
+                break
+            if a:
+                x = state[b]
+                y = state[(w >> 12) & 15]
+                state[a] = (x ^ y) & M32
+        elif op == 0x06:  # shl
+            if w & 0xFFF:
+                tc = ILLEGAL
+                ti = w
+                break
+            if a:
+                x = state[b]
+                y = state[(w >> 12) & 15]
+                state[a] = (x << (y & 31)) & M32
+        elif op == 0x07:  # shr
+            if w & 0xFFF:
+                tc = ILLEGAL
+                ti = w
+                break
+            if a:
+                x = state[b]
+                y = state[(w >> 12) & 15]
+                state[a] = (x >> (y & 31)) & M32
+        elif op == 0x08:  # sar
+            if w & 0xFFF:
+                tc = ILLEGAL
+                ti = w
+                break
+            if a:
+                x = state[b]
+                y = state[(w >> 12) & 15]
+                state[a] = (((x ^ 0x80000000) - 0x80000000) >> (y & 31)) & M32
+        elif op == 0x09:  # mul (the low 32 bits survive int64 wrap-around)
+            if w & 0xFFF:
+                tc = ILLEGAL
+                ti = w
+                break
+            if a:
+                x = state[b]
+                y = state[(w >> 12) & 15]
+                state[a] = (x * y) & M32
+        elif op == 0x0E:  # slt
+            if w & 0xFFF:
+                tc = ILLEGAL
+                ti = w
+                break
+            if a:
+                x = state[b]
+                y = state[(w >> 12) & 15]
+                state[a] = (np.int64((x ^ 0x80000000) < (y ^ 0x80000000))) & M32
+        elif op == 0x0F:  # sltu
+            if w & 0xFFF:
+                tc = ILLEGAL
+                ti = w
+                break
+            if a:
+                x = state[b]
+                y = state[(w >> 12) & 15]
+                state[a] = (np.int64(x < y)) & M32
+        elif op == 0x13:  # andi
+            if a:
+                state[a] = state[b] & (w & 0xFFFF)
+        elif op == 0x14:  # ori
+            if a:
+                state[a] = (state[b] | (w & 0xFFFF)) & M32
+        elif op == 0x15:  # xori
+            if a:
+                state[a] = (state[b] ^ (w & 0xFFFF)) & M32
+        elif op == 0x16:  # shli
+            if a:
+                state[a] = (state[b] << (w & 31)) & M32
+        elif op == 0x17:  # shri
+            if a:
+                state[a] = (state[b] >> (w & 31)) & M32
+        elif op == 0x18:  # sari
+            if a:
+                state[a] = (((state[b] ^ 0x80000000) - 0x80000000) >> (w & 31)) & M32
+        elif op == 0x1E:  # slti
+            if a:
+                state[a] = np.int64(((state[b] ^ 0x80000000) - 0x80000000) < (((w & 0xFFFF) ^ 0x8000) - 0x8000))
+        elif op == 0x1F:  # sltiu (against the sign-extended immediate, as unsigned)
+            if a:
+                state[a] = np.int64(state[b] < ((((w & 0xFFFF) ^ 0x8000) - 0x8000) & M32))
+        elif op == 0x21:  # ldb
+            va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
+            if va + 1 > lim:
+                tc = MEM_FAULT
+                ti = va
+                break
+            if a:
+                state[a] = ((np.int64(mem[np.uint64(base + va)]) ^ 0x80) - 0x80) & M32
+        elif (
+            op == 0x0A or op == 0x0B or op == 0x0C or op == 0x0D
+        ):  # div divu rem remu (last: a range test here would split the switch)
+            if w & 0xFFF:
+                tc = ILLEGAL
+                ti = w
+                break
+            x = state[b]
+            y = state[(w >> 12) & 15]
+            if y == 0:
+                tc = DIVZERO
+                ti = 0
+                break
+            if op == 0x0B:  # divu
+                v = x // y
+            elif op == 0x0D:  # remu
+                v = x % y
+            else:  # signed, truncating toward zero
+                sx = (x ^ 0x80000000) - 0x80000000
+                sy = (y ^ 0x80000000) - 0x80000000
+                q = abs(sx) // abs(sy)
+                if (sx < 0) != (sy < 0):
+                    q = -q
+                v = q if op == 0x0A else sx - q * sy
+            if a:
+                state[a] = v & M32
+        elif op >= 0x40 and op <= 0x52:
+            system = 1  # handled below, outside the fast loop
+            break
+        else:  # opcode 0x00 and every other unassigned opcode
+            tc = ILLEGAL
+            ti = w
+            break
+        pc = npc & M32  # retire
+        r += 1
+    return pc, r, tc, ti, w, system
 
 
 @_compiled
@@ -304,204 +505,9 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
         stop = lim_steps
         if tact and tdead > r and tdead < stop:
             stop = tdead
-        # binary-rewriting support: stores leave markers (rwm) and fetches read the shadow copy (at fbase)
-        rwd = state[RW_SHADOW]
-        rwm = (state[FLAGS] & F_REWRITE) != 0 and rwd >= 4 and rwd <= base
-        rwf = rwm and state[RW_FETCH] != 0
-        fbase = base - rwd if rwf else base
 
-        # ---- the fast loop: everything but system instructions, until a trap or r reaches stop ----
-        system = False
-        while r < stop:
-            if pc & 3:
-                tc = ALIGN
-                ti = pc
-                break
-            if pc + 4 > lim:
-                tc = MEM_FAULT
-                ti = pc
-                break
-            w = _load32(mem, np.uint64(fbase + pc))  # fbase: binary-rewriting support (base unless rewriting)
-            op = w >> 24
-            a = (w >> 20) & 15
-            b = (w >> 16) & 15
-            npc = pc + 4
-            if op == 0x11:  # addi (like every write to a register, one to r0 is discarded)
-                if a:
-                    state[a] = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
-            elif op == 0x30:  # beq
-                if state[a] == state[b]:
-                    npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
-            elif op == 0x31:  # bne
-                if state[a] != state[b]:
-                    npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
-            elif op == 0x32:  # blt
-                if (state[a] ^ 0x80000000) < (state[b] ^ 0x80000000):
-                    npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
-            elif op == 0x33:  # bge
-                if (state[a] ^ 0x80000000) >= (state[b] ^ 0x80000000):
-                    npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
-            elif op == 0x34:  # bltu
-                if state[a] < state[b]:
-                    npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
-            elif op == 0x35:  # bgeu
-                if state[a] >= state[b]:
-                    npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
-            elif op == 0x01:  # add
-                if w & 0xFFF:
-                    tc = ILLEGAL
-                    ti = w
-                    break
-                if a:
-                    state[a] = (state[b] + state[(w >> 12) & 15]) & M32
-            elif op == 0x22:  # ldbu
-                va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
-                if va + 1 > lim:
-                    tc = MEM_FAULT
-                    ti = va
-                    break
-                if a:
-                    state[a] = np.int64(mem[np.uint64(base + va)])
-            elif op == 0x25:  # stb
-                va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
-                if va + 1 > lim:
-                    tc = MEM_FAULT
-                    ti = va
-                    break
-                mem[np.uint64(base + va)] = state[a] & 0xFF
-                if rwm:  # binary-rewriting support: the shadow of this word is stale
-                    _store32(mem, np.uint64((base + va - rwd) & ~3), RW_MARK)
-            elif op == 0x20:  # ld
-                va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
-                if va & 3:
-                    tc = ALIGN
-                    ti = va
-                    break
-                if va + 4 > lim:
-                    tc = MEM_FAULT
-                    ti = va
-                    break
-                if a:
-                    state[a] = _load32(mem, np.uint64(base + va))
-            elif op == 0x24:  # st
-                va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
-                if va & 3:
-                    tc = ALIGN
-                    ti = va
-                    break
-                if va + 4 > lim:
-                    tc = MEM_FAULT
-                    ti = va
-                    break
-                _store32(mem, np.uint64(base + va), state[a])
-                if rwm:  # binary-rewriting support: the shadow of these words is stale
-                    _store32(mem, np.uint64((base + va - rwd) & ~3), RW_MARK)
-                    _store32(mem, np.uint64((base + va + 3 - rwd) & ~3), RW_MARK)
-            elif op == 0x38:  # jal
-                if a:
-                    state[a] = npc & M32
-                npc = pc + ((((w & 0xFFFFF) ^ 0x80000) - 0x80000) << 2)
-            elif op == 0x39:  # jalr (the target first, so that jalr r1, 0(r1) works)
-                t = state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)
-                if a:
-                    state[a] = npc & M32
-                npc = t
-            elif op == 0x10:  # lui
-                if w & 0xF0000:
-                    tc = ILLEGAL
-                    ti = w
-                    break
-                if a:
-                    state[a] = (w & 0xFFFF) << 16
-            elif op >= 0x02 and op <= 0x0F:  # the other register-register operations
-                if w & 0xFFF:
-                    tc = ILLEGAL
-                    ti = w
-                    break
-                x = state[b]
-                y = state[(w >> 12) & 15]
-                if op == 0x02:  # sub
-                    v = x - y
-                elif op == 0x03:  # and
-                    v = x & y
-                elif op == 0x04:  # or
-                    v = x | y
-                elif op == 0x05:  # xor
-                    v = x ^ y
-                elif op == 0x06:  # shl
-                    v = x << (y & 31)
-                elif op == 0x07:  # shr
-                    v = x >> (y & 31)
-                elif op == 0x08:  # sar
-                    v = ((x ^ 0x80000000) - 0x80000000) >> (y & 31)
-                elif op == 0x09:  # mul (the low 32 bits survive int64 wrap-around)
-                    v = x * y
-                elif op == 0x0E:  # slt
-                    v = np.int64((x ^ 0x80000000) < (y ^ 0x80000000))
-                elif op == 0x0F:  # sltu
-                    v = np.int64(x < y)
-                else:  # div divu rem remu
-                    if y == 0:
-                        tc = DIVZERO
-                        ti = 0
-                        break
-                    if op == 0x0B:  # divu
-                        v = x // y
-                    elif op == 0x0D:  # remu
-                        v = x % y
-                    else:  # signed, truncating toward zero
-                        sx = (x ^ 0x80000000) - 0x80000000
-                        sy = (y ^ 0x80000000) - 0x80000000
-                        q = abs(sx) // abs(sy)
-                        if (sx < 0) != (sy < 0):
-                            q = -q
-                        v = q if op == 0x0A else sx - q * sy
-                if a:
-                    state[a] = v & M32
-            elif op == 0x13:  # andi
-                if a:
-                    state[a] = state[b] & (w & 0xFFFF)
-            elif op == 0x14:  # ori
-                if a:
-                    state[a] = (state[b] | (w & 0xFFFF)) & M32
-            elif op == 0x15:  # xori
-                if a:
-                    state[a] = (state[b] ^ (w & 0xFFFF)) & M32
-            elif op == 0x16:  # shli
-                if a:
-                    state[a] = (state[b] << (w & 31)) & M32
-            elif op == 0x17:  # shri
-                if a:
-                    state[a] = (state[b] >> (w & 31)) & M32
-            elif op == 0x18:  # sari
-                if a:
-                    state[a] = (((state[b] ^ 0x80000000) - 0x80000000) >> (w & 31)) & M32
-            elif op == 0x1E:  # slti
-                if a:
-                    state[a] = np.int64(((state[b] ^ 0x80000000) - 0x80000000) < (((w & 0xFFFF) ^ 0x8000) - 0x8000))
-            elif op == 0x1F:  # sltiu (against the sign-extended immediate, as unsigned)
-                if a:
-                    state[a] = np.int64(state[b] < ((((w & 0xFFFF) ^ 0x8000) - 0x8000) & M32))
-            elif op == 0x21:  # ldb
-                va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
-                if va + 1 > lim:
-                    tc = MEM_FAULT
-                    ti = va
-                    break
-                if a:
-                    state[a] = ((np.int64(mem[np.uint64(base + va)]) ^ 0x80) - 0x80) & M32
-            elif op >= 0x40 and op <= 0x52:
-                system = True  # handled below, outside the fast loop
-                break
-            else:  # opcode 0x00 and every other unassigned opcode
-                if rwf and op >= RW_OP_XLATE and op <= RW_OP_LAST:  # binary-rewriting support: monitor-only
-                    system = True
-                    break
-                tc = ILLEGAL
-                ti = w
-                break
-            pc = npc & M32  # retire
-            r += 1
+        # ---- the fast loop ----
+        pc, r, tc, ti, w, system = _fast(state, mem, pc, r, stop, lim, base)
 
         if not system:
             continue  # a trap to deliver, or r reached stop
@@ -510,21 +516,6 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
         op = w >> 24
         a = (w >> 20) & 15
         npc = pc + 4
-        if op >= RW_OP_XLATE:  # binary-rewriting support: a monitor-only word of the shadow copy
-            if op == RW_OP_XLATE or op == RW_OP_CALLOUT:
-                _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
-                return EXIT_XLATE if op == RW_OP_XLATE else EXIT_CALLOUT
-            what = _rw_twin(state, w, cyc0 + skip + r)
-            if what == RW_RETIRE:
-                pc = npc & M32
-                r += 1
-            elif what == RW_CALL_OUT:
-                _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
-                return EXIT_CALLOUT
-            else:
-                tc = what
-                ti = w - (RW_TWIN << 24)
-            continue
         if op == 0x40 or op == 0x41:  # syscall, brk
             if w & 0xFF0000:
                 tc = ILLEGAL
