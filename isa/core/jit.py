@@ -63,6 +63,12 @@ P_MFCR = S.PROFILE + spec.PROFILE_INDEX["mfcr." + spec.CR_NAMES[0]]  # mfcr.X at
 P_MTCR = S.PROFILE + spec.PROFILE_INDEX["mtcr." + spec.CR_NAMES[0]]  # mtcr.X at P_MTCR + X
 assert all(spec.PROFILE_INDEX[f"mfcr.{n}"] + S.PROFILE == P_MFCR + i for i, n in enumerate(spec.CR_NAMES))
 assert all(spec.PROFILE_INDEX[f"mtcr.{n}"] + S.PROFILE == P_MTCR + i for i, n in enumerate(spec.CR_NAMES))
+# binary-rewriting support (isa/state.py; the reference core's _rw_* functions are the specification)
+F_REWRITE, RW_SHADOW, RW_FETCH, RW_VPEND, VCR0 = S.F_REWRITE, S.RW_SHADOW, S.RW_FETCH, S.RW_VPEND, S.VCR0
+EXIT_XLATE, EXIT_CALLOUT, RW_TWIN = S.EXIT_XLATE, S.EXIT_CALLOUT, S.RW_TWIN
+RW_OP_XLATE, RW_OP_CALLOUT, RW_OP_LAST = S.RW_OP_XLATE, S.RW_OP_CALLOUT, S.RW_OP_LAST
+RW_MARK = S.RW_OP_XLATE << 24  # the word a store leaves over the shadow of what it wrote
+RW_RETIRE, RW_CALL_OUT = -1, -2  # what _rw_twin tells run to do (else: the cause of a trap)
 MAX_BUDGET = 1 << 62  # more steps than any run can take; keeps the step arithmetic far from overflow
 U1, U2, U3 = np.uint64(1), np.uint64(2), np.uint64(3)
 
@@ -176,8 +182,11 @@ def _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead):  # noqa: ANN00
 
 
 @_compiled
-def _fast(state, mem, pc, r, stop, lim, base):  # noqa: ANN001, ANN202
+def _fast(state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN202
     """The fast loop: everything but system instructions, until a trap, a system instruction or r = stop.
+
+    Binary-rewriting support: instructions are fetched at ``fbase + pc`` (``fbase`` is ``base`` unless a
+    shadow copy is run), and with ``rwd`` > 0 every store leaves the marker over its shadow, ``rwd`` below.
 
     A function of its own so that only its few values compete for machine registers; returns (pc, r, the
     cause and badaddr of a trap to deliver (cause 0: none), the word at pc, 1 for a system instruction).
@@ -195,7 +204,7 @@ def _fast(state, mem, pc, r, stop, lim, base):  # noqa: ANN001, ANN202
             tc = MEM_FAULT
             ti = pc
             break
-        w = _load32(mem, np.uint64(base + pc))
+        w = _load32(mem, np.uint64(fbase + pc))
         op = w >> 24
         a = (w >> 20) & 15
         b = (w >> 16) & 15
@@ -243,6 +252,8 @@ def _fast(state, mem, pc, r, stop, lim, base):  # noqa: ANN001, ANN202
                 ti = va
                 break
             mem[np.uint64(base + va)] = state[a] & 0xFF
+            if rwd:  # binary-rewriting support: the shadow of this word is stale
+                _store32(mem, np.uint64((base + va - rwd) & ~3), RW_MARK)
         elif op == 0x20:  # ld
             va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
             if va & 3:
@@ -266,6 +277,9 @@ def _fast(state, mem, pc, r, stop, lim, base):  # noqa: ANN001, ANN202
                 ti = va
                 break
             _store32(mem, np.uint64(base + va), state[a])
+            if rwd:  # binary-rewriting support: the shadow of these words is stale
+                _store32(mem, np.uint64((base + va - rwd) & ~3), RW_MARK)
+                _store32(mem, np.uint64((base + va + 3 - rwd) & ~3), RW_MARK)
         elif op == 0x38:  # jal
             if a:
                 state[a] = npc & M32
@@ -434,12 +448,77 @@ def _fast(state, mem, pc, r, stop, lim, base):  # noqa: ANN001, ANN202
             system = 1  # handled below, outside the fast loop
             break
         else:  # opcode 0x00 and every other unassigned opcode
+            if fbase != base and op >= RW_OP_XLATE and op <= RW_OP_LAST:  # binary-rewriting support
+                system = 1  # a monitor-only word of the shadow copy: handled by run
+                break
             tc = ILLEGAL
             ti = w
             break
         pc = npc & M32  # retire
         r += 1
     return pc, r, tc, ti, w, system
+
+
+@_compiled
+def _rw_twin(state, w, cycle):  # noqa: ANN001, ANN202
+    """Binary-rewriting support: perform the twin ``w`` on the virtual CPU (reference.py, _rw_execute).
+
+    ``cycle`` is the real cycle count before it.  Returns RW_RETIRE, RW_CALL_OUT, or the cause of the trap
+    it raises (whose badaddr is the original word).
+    """
+    orig = w - (RW_TWIN << 24)
+    oop = orig >> 24
+    a = (orig >> 20) & 15
+    imm = orig & 0xFFFF
+    key = 0
+    if oop >= 0x48 and oop <= 0x4A:  # iret halt wfi
+        bad = (orig & 0xFFFFFF) != 0
+        key = P_IRET + (oop - 0x48)
+    elif oop == 0x4B or oop == 0x4C:  # mfcr mtcr
+        bad = (orig & 0xF0000) != 0 or imm >= NUM_CRS
+        if not bad:
+            key = (P_MFCR if oop == 0x4B else P_MTCR) + imm
+    elif oop == 0x4D or oop == 0x4E:  # in out
+        bad = (orig & 0xF0000) != 0
+        key = P_IN if oop == 0x4D else P_OUT
+    elif oop >= 0x50 and oop <= 0x52:  # getpsw setpsw getbase
+        bad = (orig & 0xFFFFF) != 0
+        key = P_GETPSW + (oop - 0x50)
+    else:
+        bad = True
+    if bad:
+        return ILLEGAL
+    if not (state[VCR0 + CR_PSW] & 1):  # virtual user mode: the profile decides
+        behaviour = state[key]
+        if behaviour == IGNORE:
+            return RW_RETIRE
+        if behaviour != EXECUTE:
+            return PRIV
+    if oop == 0x4B or oop == 0x50 or oop == 0x52:  # mfcr getpsw getbase: read a virtual CR
+        cr = imm if oop == 0x4B else (CR_PSW if oop == 0x50 else CR_BASE)
+        if cr == CR_CYCLE:
+            v = (cycle + state[VCR0 + cr]) & M32
+        elif cr == CR_TIMER:
+            v = (state[VCR0 + cr] - cycle) & M32 if state[VCR0 + cr] != 0 else 0
+        else:
+            v = state[VCR0 + cr] & M32
+        if a:
+            state[a] = v
+        return RW_RETIRE
+    if oop == 0x4C or oop == 0x51:  # mtcr setpsw: write a virtual CR, or leave it to the monitor
+        cr = imm if oop == 0x4C else CR_PSW
+        x = state[a]
+        if cr == CR_PSW:
+            x &= 3
+            if ((x ^ state[VCR0 + CR_PSW]) & 1) != 0 or ((x & 2) != 0 and state[RW_VPEND] != 0):
+                return RW_CALL_OUT
+            state[VCR0 + CR_PSW] = x
+        elif cr == CR_BASE or cr == CR_BOUND or cr == CR_TIMER:
+            return RW_CALL_OUT
+        elif cr != CR_CYCLE:
+            state[VCR0 + cr] = x
+        return RW_RETIRE
+    return RW_CALL_OUT  # iret halt wfi in out
 
 
 @_compiled
@@ -506,8 +585,14 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
         if tact and tdead > r and tdead < stop:
             stop = tdead
 
+        # binary-rewriting support: stores leave markers (rwd > 0) and fetches may read the shadow copy
+        rwd = state[RW_SHADOW]
+        if not ((state[FLAGS] & F_REWRITE) != 0 and rwd >= 4 and rwd <= base):
+            rwd = 0
+        fbase = base - rwd if rwd != 0 and state[RW_FETCH] != 0 else base
+
         # ---- the fast loop ----
-        pc, r, tc, ti, w, system = _fast(state, mem, pc, r, stop, lim, base)
+        pc, r, tc, ti, w, system = _fast(state, mem, pc, r, stop, lim, base, fbase, rwd)
 
         if not system:
             continue  # a trap to deliver, or r reached stop
@@ -516,6 +601,21 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
         op = w >> 24
         a = (w >> 20) & 15
         npc = pc + 4
+        if op >= RW_OP_XLATE:  # binary-rewriting support: a monitor-only word of the shadow copy
+            if op == RW_OP_XLATE or op == RW_OP_CALLOUT:
+                _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+                return EXIT_XLATE if op == RW_OP_XLATE else EXIT_CALLOUT
+            what = _rw_twin(state, w, cyc0 + skip + r)
+            if what == RW_RETIRE:
+                pc = npc & M32
+                r += 1
+            elif what == RW_CALL_OUT:
+                _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+                return EXIT_CALLOUT
+            else:
+                tc = what
+                ti = w - (RW_TWIN << 24)
+            continue
         if op == 0x40 or op == 0x41:  # syscall, brk
             if w & 0xFF0000:
                 tc = ILLEGAL
