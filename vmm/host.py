@@ -1,9 +1,10 @@
 """Several VMs on one host machine: memory slices, round-robin scheduling in budget slices, isolation.
 
 The host's memory begins with a region reserved for the monitor (as a real hypervisor keeps its own memory),
-followed by one slice per VM. Each VM runs under its own monitor and profile; the host gives each a slice of
-guest steps in turn, so a guest spinning with interrupts off cannot hold the machine (the preemption is
-invisible to the guest: its virtual time only counts its own instructions).
+grown by whatever a VM's monitor asks for (``Monitor.host_bytes``), followed by one slice per VM. Each VM
+runs under its own monitor and profile; the host gives each a slice of guest steps in turn, so a guest
+spinning with interrupts off cannot hold the machine (the preemption is invisible to the guest: its virtual
+time only counts its own instructions).
 """
 
 from __future__ import annotations
@@ -38,16 +39,19 @@ class Host:
     """A host machine running several VMs, each with its own monitor, profile, memory and console."""
 
     def __init__(self, guests: list[GuestSpec], core: str = "jit") -> None:
-        total = MONITOR_RESERVED + sum(g.memsize for g in guests)
+        self.monitors: list[Monitor] = [get_monitor(g.monitor, core) for g in guests]
+        # The monitor region grows by what the monitors ask for (the rewriting monitor's shadow copies).
+        areas = [-(-m.host_bytes(g.memsize) // 4) * 4 for m, g in zip(self.monitors, guests, strict=True)]
+        total = MONITOR_RESERVED + sum(areas) + sum(g.memsize for g in guests)
         self.mem = np.zeros(total, dtype=np.uint8)
         self.vms: list[VM] = []
-        self.monitors: list[Monitor] = []
-        offset = MONITOR_RESERVED
-        for g in guests:
+        area, offset = MONITOR_RESERVED, MONITOR_RESERVED + sum(areas)
+        for g, mon, size in zip(guests, self.monitors, areas, strict=True):
             vm = VM(g.name, self.mem, offset, g.memsize, g.profile, g.console_input)
             vm.load(g.image)
+            mon.attach(vm, area)
             self.vms.append(vm)
-            self.monitors.append(get_monitor(g.monitor, core))
+            area += size
             offset += g.memsize
         self.steps = [0] * len(guests)
 

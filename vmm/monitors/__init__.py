@@ -6,9 +6,10 @@ from isa.core import CoreRun
 from vmm.monitors.base import Monitor
 from vmm.monitors.full_emulation import FullEmulation
 from vmm.monitors.hybrid import Hybrid
+from vmm.monitors.rewrite import BinaryRewriting
 from vmm.monitors.trap_emulate import TrapAndEmulate
 
-MONITORS: dict[str, type[Monitor]] = {m.name: m for m in (FullEmulation, TrapAndEmulate, Hybrid)}
+MONITORS: dict[str, type[Monitor]] = {m.name: m for m in (FullEmulation, TrapAndEmulate, BinaryRewriting, Hybrid)}
 
 
 def get_monitor(name: str, core: str | CoreRun = "jit") -> Monitor:

@@ -21,6 +21,13 @@ class Monitor:
         """Advance ``vm`` by at most ``budget`` guest steps (fewer if it stops); return the steps taken."""
         raise NotImplementedError
 
+    def host_bytes(self, memsize: int) -> int:
+        """Bytes of the host's monitor region this monitor needs for a VM of ``memsize`` bytes (default none)."""
+        return 0
+
+    def attach(self, vm: VM, area: int) -> None:
+        """Take charge of ``vm``; ``area`` is the host address of the ``host_bytes`` reserved for it."""
+
 
 class DirectExecution(Monitor):
     """Shared machinery of the monitors that run guest code directly on the core in real user mode."""
