@@ -74,6 +74,35 @@ RW_OP_CALLOUT = 0xC1  # "the monitor performs the guest's instruction here"
 RW_OP_LAST = 0xDF  # the last monitor-only opcode
 RW_TWIN = 0x80  # opcode distance from a system instruction (0x42-0x5F) to its twin (0xC2-0xDF)
 
+# --- paravirtual support (docs/paravirt.md; vmm/monitors/paravirt.py) -------------------------------------
+# With F_PV the processor delivers chosen traps straight into a paravirtual guest's kernel, performs a few
+# hypercalls itself and samples the guest's virtual interrupt mask (the reference core says exactly how).
+# The guest's trap state lives in a shared area of its memory whose first SH_CORE_BYTES hold these words.
+F_PV = 8
+PV_SHARED = 104  # host address of the shared area (aligned; the support is inactive where it does not fit)
+PV_ENTRY = 105  # the guest kernel's trap entry, in its kernel context
+PV_KBASE = 106  # the kernel context's relocation (the guest's memory slice); a user context's R in the
+PV_KBOUND = 107  # frame is composed with it
+PV_KMODE = 108  # non-zero while the guest's kernel context runs
+PV_DIRECT = 109  # bit c: the processor delivers trap or interrupt cause c into the guest kernel itself
+PV_FAST = 110  # bit n (n < HC_FAST_LIMIT): the processor performs hypercall n itself, from the kernel context
+PV_NTRAPS = 111  # traps the processor delivered (counter)
+PV_NIRQS = 112  # interrupts the processor delivered (counter)
+PV_NCALLS = 113  # hypercall n performed by the processor, counted at PV_NCALLS + n
+SH_MASK = 0  # virtual interrupts masked (non-zero) or enabled (0)
+SH_PENDING = 4  # 1 once the timer expired, 0 after HC_SET_TIMER
+SH_EPC = 8  # the frame of the last trap delivered into the guest kernel
+SH_EPSW = 12  # its virtual psw: S = it came from the kernel context, IE = interrupts were unmasked
+SH_EBASE = 16  # its relocation, relative to PV_KBASE
+SH_EBOUND = 20
+SH_CAUSE = 24
+SH_BADADDR = 28
+SH_CORE_BYTES = 32
+HC_IRET = 0  # hypercalls the processor can perform: return to the context in the frame,
+HC_SET_TIMER = 1  # timer <- r1 (clears a pending timer interrupt and SH_PENDING),
+HC_IRQ = 2  # re-read the mask (a pending interrupt is then taken if it is clear)
+HC_FAST_LIMIT = 3
+
 MASK32 = 0xFFFFFFFF
 assert CYCLE == CR0 + CR_CYCLE and TIMER == CR0 + CR_TIMER and PROFILE + len(PROFILE_KEYS) <= NSLOTS
 

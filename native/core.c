@@ -195,6 +195,30 @@ static inline void store32(uint8_t *p, uint32_t v)
         }                                                                                                   \
     } while (0)
 
+/* paravirtual support ------------------------------------------------------------------------------------
+ * The processor's help for a paravirtual guest under F_PV, as isa/core/reference.py describes it: a trap
+ * gate into the guest kernel (PV_DIRECT), HC_IRET, HC_SET_TIMER and HC_IRQ performed in the core (PV_FAST),
+ * and IE kept equal to "the shared mask word is 0" at timer expiry and after those hypercalls.  Active for a
+ * whole call (pv) while F_PV is set and the shared area's words fit in memory at an aligned address. */
+static inline uint32_t pv_get(const int64_t *state, const uint8_t *mem, int offset)
+{
+    return load32(mem + state[P32_PV_SHARED] + offset);
+}
+static inline void pv_put(const int64_t *state, uint8_t *mem, int offset, uint32_t value)
+{
+    store32(mem + state[P32_PV_SHARED] + offset, value);
+}
+static inline int64_t pv_ie(const int64_t *state, const uint8_t *mem, int64_t psw) /* IE <- mask == 0 */
+{
+    return (psw & P32_PSW_S) | (pv_get(state, mem, P32_SH_MASK) ? 0 : P32_PSW_IE);
+}
+/* The timer just reached zero: set the shared pending word and sample the mask; returns the new psw. */
+static inline int64_t pv_expired(const int64_t *state, uint8_t *mem, int64_t psw)
+{
+    pv_put(state, mem, P32_SH_PENDING, 1);
+    return pv_ie(state, mem, psw);
+}
+
 int p32_run(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget)
 {
 #ifdef P32_COMPUTED_GOTO
@@ -226,6 +250,7 @@ int p32_run(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget)
     int rw_mark = 0, rw_fetch = 0;
     int64_t rw_d = 0;
     uint8_t *fmb;
+    int pv; /* paravirtual support: active in this call */
     int rc, i;
 
     for (i = 0; i < 16; i++)
@@ -235,6 +260,8 @@ int p32_run(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget)
     tdead = tfix > 0 ? tfix : NEVER;
     SET_WINDOW();
     RW_WINDOW(); /* binary-rewriting support */
+    pv = (flags & P32_F_PV) && state[P32_PV_SHARED] >= 0 && !(state[P32_PV_SHARED] & 3) &&
+         state[P32_PV_SHARED] <= memsize - P32_SH_CORE_BYTES; /* paravirtual support */
 #ifdef P32_COMPUTED_GOTO
     goto slow;
 #else
@@ -377,6 +404,43 @@ next:
     }
     CASE(0x42, hcall)
     {
+        /* paravirtual support: a hypercall the processor performs itself */
+        if (pv && !(word & MBZ_AB) && IMM < P32_HC_FAST_LIMIT && (state[P32_PV_FAST] >> IMM & 1) &&
+            state[P32_PV_KMODE]) {
+            uint32_t n = IMM;
+            state[P32_PV_NCALLS + n]++;
+            if (n == P32_HC_IRET) { /* psw, R (composed with the kernel's) and mask from the frame */
+                uint32_t epsw = pv_get(state, mem, P32_SH_EPSW), eb = pv_get(state, mem, P32_SH_EBASE);
+                uint32_t ebound = pv_get(state, mem, P32_SH_EBOUND);
+                int64_t kbase = (uint32_t)state[P32_PV_KBASE], kbound = (uint32_t)state[P32_PV_KBOUND];
+                if (eb < kbound) {
+                    base = (uint32_t)(kbase + eb);
+                    bound = ebound < kbound - eb ? ebound : kbound - eb;
+                } else {
+                    base = kbase;
+                    bound = 0;
+                }
+                state[P32_PV_KMODE] = epsw & P32_PSW_S;
+                pv_put(state, mem, P32_SH_MASK, epsw & P32_PSW_IE ? 0 : 1);
+                pc = pv_get(state, mem, P32_SH_EPC);
+                SET_WINDOW();
+                psw = pv_ie(state, mem, psw);
+                RETIRE_SLOW();
+            }
+            if (n == P32_HC_SET_TIMER) { /* as mtcr timer */
+                pending &= ~(int64_t)P32_PEND_TIMER;
+                pv_put(state, mem, P32_SH_PENDING, 0);
+                psw = pv_ie(state, mem, psw);
+                ret++;
+                tfix = r[1];
+                tdead = r[1] ? ret + r[1] : NEVER;
+                pc += 4;
+                goto slow;
+            }
+            psw = pv_ie(state, mem, psw); /* HC_IRQ */
+            pc += 4;
+            RETIRE_SLOW();
+        }
         if (UNLIKELY(word & MBZ_AB) || !(flags & P32_F_HCALL_TO_HOST))
             goto illegal;
         state[P32_XCAUSE] = IMM;
@@ -421,6 +485,8 @@ next:
             tdead = NEVER;
             tfix = 0;
             pending |= P32_PEND_TIMER;
+            if (pv) /* paravirtual support */
+                psw = pv_expired(state, mem, psw);
         }
         pc += 4;
         RETIRE_SLOW();
@@ -606,6 +672,8 @@ slow: /* the start of a step when something besides fetch-and-go may be due */
         pending |= P32_PEND_TIMER;
         tdead = NEVER;
         tfix = 0;
+        if (pv) /* paravirtual support */
+            psw = pv_expired(state, mem, psw);
     }
     if (ret >= bstop)
         goto out_budget;
@@ -626,6 +694,26 @@ interrupt: /* taken between instructions; the timer first */
         ti = (uint32_t)state[P32_DEVNUM];
     }
 trap:
+    if (pv && (state[P32_PV_DIRECT] >> tc & 1)) { /* paravirtual support: a trap gate into the guest kernel */
+        uint32_t kbase = (uint32_t)state[P32_PV_KBASE];
+        uint32_t epsw = (state[P32_PV_KMODE] ? P32_PSW_S : 0) | (pv_get(state, mem, P32_SH_MASK) ? 0 : P32_PSW_IE);
+        pv_put(state, mem, P32_SH_EPC, pc);
+        pv_put(state, mem, P32_SH_EPSW, epsw);
+        pv_put(state, mem, P32_SH_EBASE, (uint32_t)base - kbase);
+        pv_put(state, mem, P32_SH_EBOUND, (uint32_t)bound);
+        pv_put(state, mem, P32_SH_CAUSE, tc);
+        pv_put(state, mem, P32_SH_BADADDR, ti);
+        pv_put(state, mem, P32_SH_MASK, 1);
+        psw = 0;
+        base = kbase;
+        bound = (uint32_t)state[P32_PV_KBOUND];
+        SET_WINDOW();
+        pc = (uint32_t)state[P32_PV_ENTRY];
+        state[P32_PV_KMODE] = 1;
+        state[tc >= P32_TIMER_IRQ ? P32_PV_NIRQS : P32_PV_NTRAPS]++;
+        bstop--; /* a trap taken is a step */
+        goto slow;
+    }
     if (flags & P32_F_TRAPS_TO_HOST) {
         state[P32_XCAUSE] = tc;
         state[P32_XINFO] = ti;
@@ -653,6 +741,8 @@ out:
         pending |= P32_PEND_TIMER;
         tdead = NEVER;
         tfix = 0;
+        if (pv) /* paravirtual support */
+            psw = pv_expired(state, mem, psw);
     }
     r[0] = 0;
     for (i = 0; i < 16; i++)

@@ -38,7 +38,7 @@
 #define P32_STATUS 40
 #define P32_PROFILE 48
 #define P32_REWRITE_SLOTS 88 /* 88-103: binary-rewriting support (below) */
-#define P32_PV_SLOTS 104     /* 104-119: paravirtual support (not used by this core yet) */
+#define P32_PV_SLOTS 104     /* 104-119: paravirtual support (below) */
 #define P32_NSLOTS 128
 
 #define P32_PEND_TIMER 1
@@ -67,6 +67,32 @@
 #define P32_RW_OP_CALLOUT 193 /* 0xC1 */
 #define P32_RW_OP_LAST 223    /* 0xDF */
 #define P32_RW_TWIN 128       /* opcode distance from a system instruction to its twin */
+
+/* paravirtual support (isa/state.py; docs/paravirt.md) */
+#define P32_F_PV 8
+#define P32_PV_SHARED 104 /* host address of the shared area */
+#define P32_PV_ENTRY 105  /* the guest kernel's trap entry */
+#define P32_PV_KBASE 106  /* the kernel context's relocation */
+#define P32_PV_KBOUND 107
+#define P32_PV_KMODE 108  /* non-zero while the kernel context runs */
+#define P32_PV_DIRECT 109 /* bit c: deliver cause c into the guest kernel */
+#define P32_PV_FAST 110   /* bit n: perform hypercall n */
+#define P32_PV_NTRAPS 111
+#define P32_PV_NIRQS 112
+#define P32_PV_NCALLS 113 /* hypercall n counted at P32_PV_NCALLS + n */
+#define P32_SH_MASK 0     /* words of the shared area (byte offsets) */
+#define P32_SH_PENDING 4
+#define P32_SH_EPC 8
+#define P32_SH_EPSW 12
+#define P32_SH_EBASE 16
+#define P32_SH_EBOUND 20
+#define P32_SH_CAUSE 24
+#define P32_SH_BADADDR 28
+#define P32_SH_CORE_BYTES 32
+#define P32_HC_IRET 0
+#define P32_HC_SET_TIMER 1
+#define P32_HC_IRQ 2
+#define P32_HC_FAST_LIMIT 3
 
 /* Control registers (isa/spec.py). */
 #define P32_CR_PSW 0

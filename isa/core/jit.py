@@ -181,6 +181,89 @@ def _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead):  # noqa: ANN00
         state[PC] = pc
 
 
+# --- paravirtual support ---------------------------------------------------------------------------------
+# The processor's help for a paravirtual guest under the host flag F_PV, exactly as isa/core/reference.py
+# describes it: a trap gate into the guest kernel (PV_DIRECT), three hypercalls performed in the core
+# (PV_FAST) and IE kept equal to "the shared mask word is 0" at timer expiry and after those hypercalls.
+# ``run`` decides once whether the support is active (``pv``); everything here runs only then.
+F_PV, PV_SHARED, PV_ENTRY, PV_KBASE, PV_KBOUND = S.F_PV, S.PV_SHARED, S.PV_ENTRY, S.PV_KBASE, S.PV_KBOUND
+PV_KMODE, PV_DIRECT, PV_FAST, PV_NTRAPS, PV_NIRQS = S.PV_KMODE, S.PV_DIRECT, S.PV_FAST, S.PV_NTRAPS, S.PV_NIRQS
+PV_NCALLS, SH_MASK, SH_PENDING, SH_EPC, SH_EPSW = S.PV_NCALLS, S.SH_MASK, S.SH_PENDING, S.SH_EPC, S.SH_EPSW
+SH_EBASE, SH_EBOUND, SH_CAUSE, SH_BADADDR = S.SH_EBASE, S.SH_EBOUND, S.SH_CAUSE, S.SH_BADADDR
+SH_CORE_BYTES, HC_IRET, HC_SET_TIMER, HC_FAST_LIMIT = S.SH_CORE_BYTES, S.HC_IRET, S.HC_SET_TIMER, S.HC_FAST_LIMIT
+
+
+@_compiled
+def _pv_active(state, memsize):  # noqa: ANN001, ANN202
+    sh = state[PV_SHARED]
+    return (state[FLAGS] & F_PV) != 0 and sh >= 0 and (sh & 3) == 0 and sh <= memsize - SH_CORE_BYTES
+
+
+@_compiled
+def _pv_get(state, mem, offset):  # noqa: ANN001, ANN202
+    return _load32(mem, np.uint64(state[PV_SHARED] + offset))
+
+
+@_compiled
+def _pv_put(state, mem, offset, value):  # noqa: ANN001, ANN202
+    _store32(mem, np.uint64(state[PV_SHARED] + offset), value & M32)
+
+
+@_compiled
+def _pv_sync_ie(state, mem):  # noqa: ANN001, ANN202
+    """IE <- the shared mask word is 0."""
+    state[PSW] = (state[PSW] & 1) | (0 if _pv_get(state, mem, SH_MASK) else 2)
+
+
+@_compiled
+def _pv_expired(state, mem):  # noqa: ANN001, ANN202
+    """The timer just reached zero: set the shared pending word and sample the mask."""
+    _pv_put(state, mem, SH_PENDING, 1)
+    _pv_sync_ie(state, mem)
+
+
+@_compiled
+def _pv_enter(state, mem, pc, cause, info):  # noqa: ANN001, ANN202
+    """Deliver a trap or interrupt into the guest kernel: the frame to the shared area, then its context."""
+    kbase = state[PV_KBASE] & M32
+    epsw = (1 if state[PV_KMODE] != 0 else 0) | (0 if _pv_get(state, mem, SH_MASK) else 2)
+    _pv_put(state, mem, SH_EPC, pc)
+    _pv_put(state, mem, SH_EPSW, epsw)
+    _pv_put(state, mem, SH_EBASE, (state[BASE] & M32) - kbase)
+    _pv_put(state, mem, SH_EBOUND, state[BOUND])
+    _pv_put(state, mem, SH_CAUSE, cause)
+    _pv_put(state, mem, SH_BADADDR, info)
+    _pv_put(state, mem, SH_MASK, 1)
+    state[PSW] = 0
+    state[BASE] = kbase
+    state[BOUND] = state[PV_KBOUND] & M32
+    state[PC] = state[PV_ENTRY] & M32
+    state[PV_KMODE] = 1
+    if cause >= TIMER_IRQ:
+        state[PV_NIRQS] += 1
+    else:
+        state[PV_NTRAPS] += 1
+
+
+@_compiled
+def _pv_iret(state, mem):  # noqa: ANN001, ANN202
+    """HC_IRET: psw, R (composed with the kernel's) and mask from the frame; returns the pc to go to."""
+    epsw = _pv_get(state, mem, SH_EPSW)
+    ebase = _pv_get(state, mem, SH_EBASE)
+    ebound = _pv_get(state, mem, SH_EBOUND)
+    kbase = state[PV_KBASE] & M32
+    kbound = state[PV_KBOUND] & M32
+    if ebase < kbound:
+        state[BASE] = (kbase + ebase) & M32
+        state[BOUND] = min(ebound, kbound - ebase)
+    else:
+        state[BASE] = kbase
+        state[BOUND] = 0
+    state[PV_KMODE] = epsw & 1
+    _pv_put(state, mem, SH_MASK, 0 if epsw & 2 else 1)
+    return _pv_get(state, mem, SH_EPC)
+
+
 @_compiled
 def _fast(state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN202
     """The fast loop: everything but system instructions, until a trap, a system instruction or r = stop.
@@ -539,10 +622,21 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
     tc = np.int64(0)  # a trap to deliver: its cause (0 = none) ...
     ti = np.int64(0)  # ... and its badaddr
     w = np.int64(0)
+    pv = _pv_active(state, memsize)  # paravirtual support
 
     while True:
         # ---- between steps: deliver a trap, fire the timer, check the budget, take an interrupt ----
         if tc != 0:
+            if pv and (state[PV_DIRECT] >> tc) & 1:  # paravirtual support: a trap gate into the guest kernel
+                _pv_enter(state, mem, pc, tc, ti)
+                pc = state[PC]
+                base = state[BASE]
+                lim = min(state[BOUND], memsize - base)
+                traps += 1
+                lim_steps -= 1
+                r_mark = r
+                tc = 0
+                continue
             if state[FLAGS] & F_TRAPS_TO_HOST:
                 state[XCAUSE] = tc
                 state[XINFO] = ti & M32
@@ -568,6 +662,8 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
         if tact and r == tdead:
             state[PENDING] |= 1
             tact = False
+            if pv:  # paravirtual support
+                _pv_expired(state, mem)
         if r >= lim_steps:
             _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
             return EXIT_BUDGET
@@ -625,6 +721,22 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                 ti = w & 0xFFFF
             continue
         if op == 0x42:  # hcall
+            n = w & 0xFFFF  # paravirtual support: a hypercall the processor performs itself
+            if pv and not (w & 0xFF0000) and n < HC_FAST_LIMIT and (state[PV_FAST] >> n) & 1 and state[PV_KMODE]:
+                if n == HC_IRET:
+                    npc = _pv_iret(state, mem)
+                    base = state[BASE]
+                    lim = min(state[BOUND], memsize - base)
+                elif n == HC_SET_TIMER:  # as mtcr timer
+                    state[PENDING] &= ~1
+                    tact = state[1] != 0
+                    tdead = r + 1 + state[1]
+                    _pv_put(state, mem, SH_PENDING, 0)
+                _pv_sync_ie(state, mem)
+                state[PV_NCALLS + n] += 1
+                pc = npc & M32
+                r += 1
+                continue
             if (w & 0xFF0000) or not (state[FLAGS] & F_HCALL_TO_HOST):
                 tc = ILLEGAL
                 ti = w
@@ -695,6 +807,8 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
             lim = min(state[BOUND] & M32, memsize - base)
         elif op == 0x49:  # halt: retires, then leaves
             state[STATUS] = state[1] & 0xFF
+            if pv and tact and r + 1 == tdead:  # paravirtual support: its retirement expires the timer
+                _pv_expired(state, mem)
             _leave(state, npc & M32, r + 1, r_mark, traps, skip, cyc0, tact, tdead)
             return EXIT_HALT
         elif op == 0x4A:  # wfi
@@ -705,6 +819,8 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                 skip += tdead - r  # idle until the timer fires, then retire (one more tick)
                 tact = False
                 state[PENDING] |= 1
+                if pv:  # paravirtual support
+                    _pv_expired(state, mem)
         elif op == 0x4D or op == 0x4E:  # in, out: the host performs them and retires them
             state[IO_PORT] = w & 0xFFFF
             state[IO_WRITE] = op - 0x4D

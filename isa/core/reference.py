@@ -207,6 +207,8 @@ def _brk(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
 
 @semantics("hcall")
 def _hcall(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
+    if _pv_hcall(cpu, d.imm):  # paravirtual support: a hypercall the processor performs itself
+        return
     if not cpu.s[S.FLAGS] & S.F_HCALL_TO_HOST:
         raise Trap(spec.ILLEGAL, cpu.word)
     cpu.s[S.XCAUSE] = d.imm
@@ -236,6 +238,7 @@ def _wfi(cpu: Cpu, d: spec.Decoded, pc: int) -> None:
     s[S.CYCLE] += s[S.TIMER]  # idle until the timer fires, then retire (one more tick)
     s[S.TIMER] = 0
     s[S.PENDING] |= S.PEND_TIMER
+    _pv_timer_expired(cpu)  # paravirtual support
 
 
 @semantics("mfcr")
@@ -330,7 +333,7 @@ def _step(cpu: Cpu) -> int | None:
     s = cpu.s
     irq = pending_interrupt(s)
     if irq is not None:
-        return _trap(s, cpu.memsize, *irq)
+        return _pv_trap(cpu, *irq)  # paravirtual support: _trap, or delivery into a PV guest kernel
     pc = int(s[S.PC])
     try:
         word = cpu.load(pc, 4)
@@ -358,7 +361,7 @@ def _step(cpu: Cpu) -> int | None:
                     return e.code
                 exit_code = e.code
     except Trap as t:
-        return _trap(s, cpu.memsize, t.cause, t.info)
+        return _pv_trap(cpu, t.cause, t.info)  # paravirtual support: _trap, or delivery into a PV guest kernel
     _retire(cpu)
     return exit_code
 
@@ -372,6 +375,7 @@ def _retire(cpu: Cpu) -> None:
         s[S.TIMER] -= 1
         if s[S.TIMER] == 0:
             s[S.PENDING] |= S.PEND_TIMER
+            _pv_timer_expired(cpu)  # paravirtual support
 
 
 def run(state: np.ndarray, mem: np.ndarray, budget: int, until_user: bool = False) -> int:
@@ -479,3 +483,90 @@ def _rw_execute(cpu: Cpu, word: int, pc: int) -> int | None:
     cpu.next_pc, cpu.tick_timer = pc + 4, True
     _retire(cpu)
     return None
+
+
+# --- paravirtual support ---------------------------------------------------------------------------------
+# With the host flag F_PV the processor helps a paravirtual guest the way x86 helped Xen's 32-bit guests
+# (docs/paravirt.md).  The guest's kernel context and its user contexts all run in real user mode; the
+# guest's trap state lives in a *shared area* of its memory (the SH_* words at host address PV_SHARED) that
+# both sides read and write with plain accesses.  The processor
+# - delivers a trap or interrupt whose cause has its bit in PV_DIRECT straight into the guest kernel (a
+#   trap gate): it writes the frame (epc, epsw, ebase, ebound, cause, badaddr) to the shared area, masks
+#   virtual interrupts, and enters the kernel context (R = PV_KBASE/PV_KBOUND, pc = PV_ENTRY, IE off);
+# - performs the hypercalls HC_IRET, HC_SET_TIMER and HC_IRQ itself, from the kernel context, when their bit
+#   is set in PV_FAST (as VMFUNC performs what the hypervisor enabled, without an exit);
+# - keeps IE equal to "the mask word is 0" at the moments an interrupt could become deliverable: when the
+#   timer expires (which also sets the shared pending word) and after every hypercall it performs.  A guest
+#   that clears the mask with a plain store while an interrupt is pending makes a hypercall to have it
+#   delivered (Xen's protocol).
+# The support is active while F_PV is set and the shared area's core words fit in memory at an aligned
+# address, so no state can make the processor touch anything outside memory.
+
+
+def _pv_active(cpu: Cpu) -> bool:
+    s = cpu.s
+    sh = s[S.PV_SHARED]
+    return bool(s[S.FLAGS] & S.F_PV) and sh >= 0 and sh % 4 == 0 and sh + S.SH_CORE_BYTES <= cpu.memsize
+
+
+def _pv_get(cpu: Cpu, offset: int) -> int:
+    pa = cpu.s[S.PV_SHARED] + offset
+    return int.from_bytes(cpu.mv[pa : pa + 4], "little")
+
+
+def _pv_put(cpu: Cpu, offset: int, value: int) -> None:
+    pa = cpu.s[S.PV_SHARED] + offset
+    cpu.mv[pa : pa + 4] = (value & M32).to_bytes(4, "little")
+
+
+def _pv_sync_ie(cpu: Cpu) -> None:
+    """IE <- the shared mask word is 0 (the guest's virtual interrupt flag)."""
+    s = cpu.s
+    s[S.PSW] = (s[S.PSW] & PSW_S) | (0 if _pv_get(cpu, S.SH_MASK) else PSW_IE)
+
+
+def _pv_timer_expired(cpu: Cpu) -> None:
+    """The timer just reached zero: tell the guest (shared pending word) and sample its mask."""
+    if _pv_active(cpu):
+        _pv_put(cpu, S.SH_PENDING, 1)
+        _pv_sync_ie(cpu)
+
+
+def _pv_trap(cpu: Cpu, cause: int, info: int) -> int | None:
+    """Deliver a trap or interrupt at the current pc into a PV guest kernel if PV_DIRECT says so, else _trap."""
+    s = cpu.s
+    if not (_pv_active(cpu) and s[S.PV_DIRECT] >> cause & 1):
+        return _trap(s, cpu.memsize, cause, info)
+    kbase = s[S.PV_KBASE] & M32
+    epsw = (PSW_S if s[S.PV_KMODE] else 0) | (0 if _pv_get(cpu, S.SH_MASK) else PSW_IE)
+    frame = {S.SH_EPC: s[S.PC], S.SH_EPSW: epsw, S.SH_EBASE: (s[S.BASE] & M32) - kbase, S.SH_EBOUND: s[S.BOUND],
+             S.SH_CAUSE: cause, S.SH_BADADDR: info, S.SH_MASK: 1}  # fmt: skip
+    for offset, value in frame.items():
+        _pv_put(cpu, offset, value)
+    s[S.PSW], s[S.BASE], s[S.BOUND], s[S.PC] = 0, kbase, s[S.PV_KBOUND] & M32, s[S.PV_ENTRY] & M32
+    s[S.PV_KMODE] = 1
+    s[S.PV_NIRQS if cause >= spec.TIMER_IRQ else S.PV_NTRAPS] += 1
+    s[S.STEPS] += 1
+    return None
+
+
+def _pv_hcall(cpu: Cpu, n: int) -> bool:
+    """Perform hypercall n in the processor if PV_FAST enables it and the kernel context makes it."""
+    s = cpu.s
+    if not (n < S.HC_FAST_LIMIT and s[S.PV_FAST] >> n & 1 and s[S.PV_KMODE] and _pv_active(cpu)):
+        return False
+    if n == S.HC_IRET:  # return to the context in the frame: psw, R (composed with the kernel's), pc
+        epsw, ebase, ebound = (_pv_get(cpu, o) for o in (S.SH_EPSW, S.SH_EBASE, S.SH_EBOUND))
+        kbase, kbound = s[S.PV_KBASE] & M32, s[S.PV_KBOUND] & M32
+        s[S.BASE], s[S.BOUND] = ((kbase + ebase) & M32, min(ebound, kbound - ebase)) if ebase < kbound else (kbase, 0)
+        s[S.PV_KMODE] = epsw & PSW_S
+        _pv_put(cpu, S.SH_MASK, 0 if epsw & PSW_IE else 1)
+        cpu.next_pc = _pv_get(cpu, S.SH_EPC)
+    elif n == S.HC_SET_TIMER:  # timer <- r1, as mtcr timer (clears a pending timer, not ticked by itself)
+        s[S.TIMER] = s[1]
+        s[S.PENDING] &= ~S.PEND_TIMER
+        _pv_put(cpu, S.SH_PENDING, 0)
+        cpu.tick_timer = False
+    _pv_sync_ie(cpu)  # HC_IRQ does only this
+    s[S.PV_NCALLS + n] += 1
+    return True
