@@ -42,6 +42,18 @@ XLATE_WORD = S.RW_OP_XLATE << 24
 CALLOUT_WORD = S.RW_OP_CALLOUT << 24
 TWIN = S.RW_TWIN << 24
 MFCR, MTCR = spec.BY_MNEMONIC["mfcr"].opcode, spec.BY_MNEMONIC["mtcr"].opcode
+# The virtual CPU the twins use, copied into the real state at each entry (pending interrupts and every CR;
+# cycle and timer are then rewritten as an offset and a deadline) and back at each exit (what twins write).
+_VIN_SRC = np.array([S.PENDING, *range(S.CR0, S.CR0 + spec.NUM_CRS)])
+_VIN_DST = np.array([S.RW_VPEND, *range(S.VCR0, S.VCR0 + spec.NUM_CRS)])
+_WRITABLE = [cr for cr in range(spec.NUM_CRS) if cr not in (spec.CR_BASE, spec.CR_BOUND, spec.CR_TIMER, spec.CR_CYCLE)]
+_VOUT_SRC = np.array([S.VCR0 + cr for cr in _WRITABLE])
+_VOUT_DST = np.array([S.CR0 + cr for cr in _WRITABLE])
+# Words of the copy that always exit with a callout: the callout itself and the twins of iret, halt, wfi,
+# in, out and of mtcr base/bound/timer (the low 16 bits of an mtcr twin name the CR).
+_ALWAYS_OUT = {S.RW_OP_CALLOUT} | {op + S.RW_TWIN for op in (0x48, 0x49, 0x4A, 0x4D, 0x4E)}
+_MTCR_TWIN = spec.BY_MNEMONIC["mtcr"].opcode + S.RW_TWIN
+_MTCR_OUT = (spec.CR_BASE, spec.CR_BOUND, spec.CR_TIMER)
 # Bits that must be zero, per opcode (spec: every valid word has exactly one spelling).
 _MBZ = np.zeros(256, dtype=np.uint32)
 for _insn in spec.INSNS:
@@ -109,9 +121,11 @@ class BinaryRewriting(DirectExecution):
         super().__init__(core)
         self.shadow = -1  # host address of the shadow copy (guest-physical x is at shadow + x)
         self.size = 0
+        self.copy32 = np.zeros(0, dtype=np.uint32)
         self.plan: Plan | None = None
         self.live: set[int] = set()  # pages whose translation is in the copy
         self.seen: set[int] = set()  # pages ever translated
+        self.names: dict[int, str] = {}  # callout statistics: the guest word's instruction, by word
 
     def host_bytes(self, memsize: int) -> int:
         """A shadow copy as large as the guest's memory, in whole pages."""
@@ -120,7 +134,8 @@ class BinaryRewriting(DirectExecution):
     def attach(self, vm: VM, area: int) -> None:
         """Fill the shadow copy with markers (nothing translated yet) and point the real CPU at it."""
         self.shadow, self.size = area, self.host_bytes(vm.memsize)
-        vm.host_mem[area : area + self.size].view(np.uint32)[:] = XLATE_WORD
+        self.copy32 = vm.host_mem[area : area + self.size].view(np.uint32)  # the copy, word by word
+        self.copy32[:] = XLATE_WORD
         vm.rstate[S.RW_SHADOW] = vm.offset - area
         self.plan = plan_for(vm.profile)
 
@@ -141,7 +156,7 @@ class BinaryRewriting(DirectExecution):
                 vm.inject(*irq)
             return 1
         fetch = vm.supervisor or self.plan.user_copy
-        if fetch and int(vm.vstate[S.BASE]) & 3:
+        if fetch and vm.vstate.item(S.BASE) & 3:
             with Stopwatch(vm.stats):
                 return self.interpret(vm, budget)
         return self.run_core(vm, budget, fetch)
@@ -150,13 +165,12 @@ class BinaryRewriting(DirectExecution):
         """Run on the core (from the copy when ``fetch``) until an exit; return the guest steps taken."""
         v, r = vm.vstate, vm.rstate
         vm.load_real_state(self.flags)
-        cycle0 = int(r[S.CYCLE])
-        timer = int(v[S.TIMER])
+        cycle0 = r.item(S.CYCLE)
+        timer = v.item(S.TIMER)
         r[S.RW_FETCH] = fetch
         if fetch:  # the virtual CPU, for the twins
-            r[S.RW_VPEND] = v[S.PENDING]
-            r[S.VCR0 : S.VCR0 + spec.NUM_CRS] = v[S.CR0 : S.CR0 + spec.NUM_CRS]
-            r[S.VCR0 + spec.CR_CYCLE] = int(v[S.CYCLE]) - cycle0
+            r[_VIN_DST] = v[_VIN_SRC]
+            r[S.VCR0 + spec.CR_CYCLE] = v.item(S.CYCLE) - cycle0
             r[S.VCR0 + spec.CR_TIMER] = cycle0 + timer if timer else 0
         if timer:
             budget = min(budget, timer)  # stop exactly where the virtual timer expires
@@ -164,9 +178,8 @@ class BinaryRewriting(DirectExecution):
         if code == S.EXIT_HALT:
             v[S.STATUS] = r[S.STATUS]
             vm.halted = True
-        if fetch:  # what the twins wrote: psw and the trap registers (never base, bound or timer)
-            v[S.CR0 : S.CR0 + spec.CR_TIMER] = r[S.VCR0 : S.VCR0 + spec.CR_TIMER]
-            v[S.SCRATCH] = r[S.VCR0 + spec.CR_SCRATCH]
+        if fetch:  # what the twins may have written: psw, the trap registers, ivt and scratch
+            v[_VOUT_DST] = r[_VOUT_SRC]
         retired = vm.save_real_state(cycle0)
         if code in (S.EXIT_BUDGET, S.EXIT_HALT):
             if timer and not v[S.TIMER]:
@@ -179,9 +192,51 @@ class BinaryRewriting(DirectExecution):
                 return retired
             if code == S.EXIT_CALLOUT:
                 vm.stats.exits["callout"] += 1
-                vm.stats.extra[f"callout.{self.guest_mnemonic(vm)}"] += 1
-                return retired + self.emulate(vm)
+                return retired + self.callouts(vm, budget - retired)
             return retired + self.handle_exit(vm, code)
+
+    def callouts(self, vm: VM, budget: int) -> int:
+        """Perform the guest's instruction at pc, and the next ones while they would call out again.
+
+        Emulation is exact whatever follows; the copy only tells whether going back to the core would be an
+        exit straight away (``mtcr timer`` then ``iret`` at the end of a timer handler is one exit, not two).
+        """
+        n, word = 0, self.copy_word(vm)
+        while True:
+            vm.stats.extra[self.callout_name(word)] += 1
+            n += self.emulate(vm)
+            if n >= budget or vm.stopped or vm.interrupt_due() is not None:
+                return n
+            if not (vm.supervisor or self.plan.user_copy):
+                return n
+            word = self.copy_word(vm)
+            op = word >> 24
+            if not (op in _ALWAYS_OUT or (op == _MTCR_TWIN and word & 0xFFFF in _MTCR_OUT)):
+                return n  # the core would run it (or fault on the fetch, or translate): go back to the core
+            vm.stats.extra["callouts_batched"] += 1
+
+    def copy_word(self, vm: VM) -> int:
+        """The word of the copy the core would fetch next, or -1 where it would not fetch from a translation."""
+        v = vm.vstate
+        base, pc = v.item(S.BASE), v.item(S.PC)
+        gpa = base + pc
+        if (base | pc) & 3 or pc + 4 > v.item(S.BOUND) or gpa + 4 > vm.memsize or gpa // PAGE not in self.live:
+            return -1
+        return self.copy32.item(gpa >> 2)
+
+    def callout_name(self, word: int) -> str:
+        """``callout.<instruction>`` for a word of the copy that called out (for the statistics)."""
+        name = self.names.get(word)
+        if name is None:
+            d = _decode(word - TWIN) if word >> 24 > S.RW_OP_CALLOUT else None
+            if d is None:
+                name = "callout.other"  # a guest word that is a monitor-only opcode
+            elif d.insn.operands in ("rd,cr", "cr,rs"):
+                name = f"callout.{d.insn.mnemonic}.{spec.CR_NAMES[d.imm]}"
+            else:
+                name = f"callout.{d.insn.mnemonic}"
+            self.names[word] = name
+        return name
 
     # --- the shadow copy ---------------------------------------------------------------------------------
     def translate_at(self, vm: VM) -> None:
@@ -229,14 +284,6 @@ class BinaryRewriting(DirectExecution):
         self.flush(vm)
         return n
 
-    def guest_mnemonic(self, vm: VM) -> str:
-        """The mnemonic of the guest's own instruction at its pc (for the statistics)."""
-        gpa = int(vm.vstate[S.BASE]) + int(vm.vstate[S.PC])
-        d = _decode(int.from_bytes(vm.mem[gpa : gpa + 4].tobytes(), "little")) if 0 <= gpa <= vm.memsize - 4 else None
-        if d is None:
-            return "illegal"
-        return f"{d.insn.mnemonic}.{spec.CR_NAMES[d.imm]}" if d.insn.operands in ("rd,cr", "cr,rs") else d.insn.mnemonic
-
 
 def shadow_text(word: int, addr: int = 0) -> str:
     """A word of the shadow copy as text: a plain instruction, a twin, a callout or a marker."""
@@ -253,7 +300,7 @@ def shadow_text(word: int, addr: int = 0) -> str:
 def listing(vm: VM, monitor: BinaryRewriting, lo: int, hi: int) -> list[str]:
     """Guest words ``lo``..``hi`` (guest-physical) beside their shadow copy: ``addr: guest -> copy`` lines."""
     lines = []
-    for addr in range(lo & ~3, min(hi, vm.memsize & ~3), 4):
+    for addr in range(max(lo, 0) & ~3, min(hi, vm.memsize & ~3), 4):
         guest = int.from_bytes(vm.mem[addr : addr + 4].tobytes(), "little")
         copy = int.from_bytes(vm.host_mem[monitor.shadow + addr : monitor.shadow + addr + 4].tobytes(), "little")
         mark = "  " if copy == guest else "=>"
