@@ -147,3 +147,24 @@ def test_host_isolation_and_resource_control() -> None:
     assert snoop_r.stats["reflected"] == 4
     # the hostile guest's stores landed nowhere: the spinner's memory is unchanged, the kernel's transcript equal
     assert np.array_equal(host.vms[0].mem, before["spin"])
+
+
+def test_host_refuses_a_guest_direct_execution_cannot_confine(tmp_path: Path) -> None:
+    leaky = tmp_path / "leaky.toml"
+    leaky.write_text('name = "leaky"\nextends = "classic"\n[user]\nsetpsw = "execute"\n')
+    hello = assemble_file(str(GUESTS / "programs/hello.s")).image
+    with pytest.raises(ValueError, match="setpsw"):
+        Host([GuestSpec("a", hello, "trap", str(leaky)), GuestSpec("b", hello, "trap")], "jit")
+    Host([GuestSpec("a", hello, "full", str(leaky)), GuestSpec("b", hello, "trap")], "jit")  # interpreted: safe
+    # user mode sets S, raises its bound and stores one past its slice: alone it harms nobody but itself
+    src = "addi r2, r0, 1\nsetpsw r2\naddi r3, r0, -1\nmtcr bound, r3\nlui r3, 0x10\nstb r2, 0(r3)\nhalt\n"
+    from isa.asm import assemble
+
+    image = bytearray(1 << 20)
+    user = assemble(src).image
+    kernel = assemble("li r2, 0x1000\nmtcr ebase, r2\nli r2, 0x1000\nmtcr ebound, r2\nmtcr epc, zero\n"
+                      "mtcr epsw, zero\niret\n").image  # fmt: skip
+    image[: len(kernel)] = kernel
+    image[0x1000 : 0x1000 + len(user)] = user
+    with pytest.raises(ValueError, match="could not keep it inside its memory"):
+        Host([GuestSpec("a", bytes(image), "trap", str(leaky)), GuestSpec("b", hello, "full")], "jit")

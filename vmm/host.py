@@ -15,8 +15,10 @@ import numpy as np
 
 from isa import state as S
 from isa.machine import RunResult
+from isa.profiles import Profile
+from isa.spec import EXECUTE
 from vmm.monitors import get_monitor
-from vmm.monitors.base import Monitor
+from vmm.monitors.base import DirectExecution, Monitor
 from vmm.vm import VM
 
 MONITOR_RESERVED = 64 * 1024
@@ -33,6 +35,22 @@ class GuestSpec:
     profile: str | None = None
     memsize: int = 1 << 20
     console_input: bytes = b""
+
+
+# Instructions that, if a profile lets user mode execute them, change the real processor's mode or relocation:
+# a guest run directly (in real user mode) could then leave its slice. iret only restores what the
+# e-registers hold, so it matters only together with a user-mode write to one of them.
+_ESCAPES = ("setpsw", "mtcr.psw", "mtcr.base", "mtcr.bound")
+_ESCAPES_WITH_IRET = ("mtcr.epsw", "mtcr.ebase", "mtcr.ebound")
+
+
+def confinement_leak(profile: Profile) -> str:
+    """Which user-mode instructions of ``profile`` could free a directly executed guest ('' when none)."""
+    b = profile.behaviour
+    leaks = [k for k in _ESCAPES if b[k] == EXECUTE]
+    if b["iret"] == EXECUTE:
+        leaks += [f"iret after {k}" for k in _ESCAPES_WITH_IRET if b[k] == EXECUTE]
+    return ", ".join(leaks)
 
 
 class Host:
@@ -54,6 +72,18 @@ class Host:
             area += size
             offset += g.memsize
         self.steps = [0] * len(guests)
+        if len(self.vms) > 1:
+            self._check_confinement()
+
+    def _check_confinement(self) -> None:
+        """Refuse to share the machine with a guest that direct execution could not keep in its slice."""
+        for vm, mon in zip(self.vms, self.monitors, strict=True):
+            leak = confinement_leak(vm.profile) if isinstance(mon, DirectExecution) else ""
+            if leak:
+                raise ValueError(
+                    f"VM {vm.name}: profile '{vm.profile.name}' lets user mode run {leak} without trapping, so "
+                    f"the '{mon.name}' monitor could not keep it inside its memory; run it under 'full' or alone"
+                )
 
     def run(self, max_steps: int = 100_000_000, slice_steps: int = DEFAULT_SLICE) -> list[RunResult]:
         """Run every VM round-robin until all stop or each reaches ``max_steps``; return their results."""
