@@ -186,12 +186,18 @@ static inline void store32(uint8_t *p, uint32_t v)
         rw_fetch = rw_mark && state[P32_RW_FETCH] != 0;                                                     \
         fmb = rw_fetch && limit ? mb - rw_d : mb;                                                           \
     } while (0)
+/* Most stores hit data, whose copy already holds the marker: write it only where it is not there yet. */
+#define RW_MARK_WORD(p)                                                                                     \
+    do {                                                                                                    \
+        if (load32(p) != (uint32_t)P32_RW_OP_XLATE << 24)                                                   \
+            store32((p), (uint32_t)P32_RW_OP_XLATE << 24);                                                  \
+    } while (0)
 #define RW_MARK_STORE(va, n)                                                                                \
     do {                                                                                                    \
         if (UNLIKELY(rw_mark)) {                                                                            \
             uint64_t pa_ = (uint64_t)(uint32_t)base + (va) - (uint64_t)rw_d;                                \
-            store32(mem + (pa_ & ~(uint64_t)3), (uint32_t)P32_RW_OP_XLATE << 24);                           \
-            store32(mem + ((pa_ + (n) - 1) & ~(uint64_t)3), (uint32_t)P32_RW_OP_XLATE << 24);               \
+            RW_MARK_WORD(mem + (pa_ & ~(uint64_t)3));                                                       \
+            RW_MARK_WORD(mem + ((pa_ + (n) - 1) & ~(uint64_t)3));                                           \
         }                                                                                                   \
     } while (0)
 

@@ -335,8 +335,10 @@ def _fast(state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN2
                 ti = va
                 break
             mem[np.uint64(base + va)] = state[a] & 0xFF
-            if rwd:  # binary-rewriting support: the shadow of this word is stale
-                _store32(mem, np.uint64((base + va - rwd) & ~3), RW_MARK)
+            if rwd:  # binary-rewriting support: the shadow of this word is stale (a store only where it is
+                m = np.uint64((base + va - rwd) & ~3)  # not marked yet: most stores hit data, whose copy is)
+                if _load32(mem, m) != RW_MARK:
+                    _store32(mem, m, RW_MARK)
         elif op == 0x20:  # ld
             va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
             if va & 3:
@@ -360,9 +362,13 @@ def _fast(state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN2
                 ti = va
                 break
             _store32(mem, np.uint64(base + va), state[a])
-            if rwd:  # binary-rewriting support: the shadow of these words is stale
-                _store32(mem, np.uint64((base + va - rwd) & ~3), RW_MARK)
-                _store32(mem, np.uint64((base + va + 3 - rwd) & ~3), RW_MARK)
+            if rwd:  # binary-rewriting support: the shadow of these words is stale (as for stb)
+                m = np.uint64((base + va - rwd) & ~3)
+                if _load32(mem, m) != RW_MARK:
+                    _store32(mem, m, RW_MARK)
+                m = np.uint64((base + va + 3 - rwd) & ~3)
+                if _load32(mem, m) != RW_MARK:
+                    _store32(mem, m, RW_MARK)
         elif op == 0x38:  # jal
             if a:
                 state[a] = npc & M32
