@@ -6,10 +6,12 @@ from isa.core import CoreRun
 from vmm.monitors.base import Monitor
 from vmm.monitors.full_emulation import FullEmulation
 from vmm.monitors.hybrid import Hybrid
+from vmm.monitors.paravirt import Paravirt
 from vmm.monitors.rewrite import BinaryRewriting
 from vmm.monitors.trap_emulate import TrapAndEmulate
 
 MONITORS: dict[str, type[Monitor]] = {m.name: m for m in (FullEmulation, TrapAndEmulate, BinaryRewriting, Hybrid)}
+MONITORS[Paravirt.name] = Paravirt  # paravirtual guests; trap-and-emulate for the others
 
 
 def get_monitor(name: str, core: str | CoreRun = "jit") -> Monitor:
