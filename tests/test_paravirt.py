@@ -615,3 +615,30 @@ def test_pv_takes_fewer_exits_than_the_monitors_that_run_guests_directly(workloa
         if workload == "syscalls":
             assert other.console == pv_result.console == f"sum of the answers: {42 * 2000}\n"
         assert pv_result.stats["total_exits"] < other.stats["total_exits"], name
+
+
+def test_a_pv_guest_cannot_reach_outside_its_memory() -> None:
+    """A task window the kernel sets past the end of its memory is confined to it, as under trap."""
+    body = """
+        li      r4, 0xFF000                 # the task's base: 4 KiB below the end of the guest's 1 MiB
+        HAL_SET_EBASE r4
+        li      r4, 0x100000                # and a bound of 1 MiB, past the end
+        HAL_SET_EBOUND r4
+        HAL_SET_EPC zero
+        HAL_SET_EPSW zero
+        HAL_ENTER_USER
+"""
+    tail = """
+        .org    0xFF000
+        li      r5, 0x1000                  # the first byte past the guest's memory: the neighbour's
+        ld      r6, 0(r5)
+        st      r6, 0(r5)
+"""
+    image = pv_guest(body, tail)
+    neighbour = assemble("halt\n").image
+    host = Host([GuestSpec("pv", image, "pv"), GuestSpec("other", neighbour, "pv")], "jit")
+    before = host.vms[1].mem.copy()
+    pv_result, other = host.run(100_000)
+    assert pv_result.halted and pv_result.status == MEM_FAULT and host.vms[0].vstate[S.BADADDR] == 0x1000
+    assert other.halted and np.array_equal(host.vms[1].mem, before)
+    assert host.vms[0].vstate[S.EBOUND] == 0x1000  # the window as the processor ran it
