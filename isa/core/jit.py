@@ -265,11 +265,13 @@ def _pv_iret(state, mem):  # noqa: ANN001, ANN202
 
 
 @_compiled
-def _fast(state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN202
+def _fast(state, mem, pc, r, stop, lim, base, rw):  # noqa: ANN001, ANN202
     """The fast loop: everything but system instructions, until a trap, a system instruction or r = stop.
 
-    Binary-rewriting support: instructions are fetched at ``fbase + pc`` (``fbase`` is ``base`` unless a
-    shadow copy is run), and with ``rwd`` > 0 every store leaves the marker over its shadow, ``rwd`` below.
+    Binary-rewriting support: ``rw`` is None while it is off, and Numba then compiles this function without
+    a trace of it (its ``rw is not None`` branches are pruned); else ``rw`` = (the fetch base, which is ``base``
+    unless a shadow copy is run, and D): instructions are fetched at ``fbase + pc`` and every store leaves the
+    marker over its shadow, D below.
 
     A function of its own so that only its few values compete for machine registers; returns (pc, r, the
     cause and badaddr of a trap to deliver (cause 0: none), the word at pc, 1 for a system instruction).
@@ -278,6 +280,11 @@ def _fast(state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN2
     ti = np.int64(0)
     w = np.int64(0)
     system = np.int64(0)
+    fbase = base
+    rwd = 0
+    if rw is not None:  # binary-rewriting support
+        fbase = rw[0]
+        rwd = rw[1]
     while r < stop:
         if pc & 3:
             tc = ALIGN
@@ -335,8 +342,8 @@ def _fast(state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN2
                 ti = va
                 break
             mem[np.uint64(base + va)] = state[a] & 0xFF
-            if rwd:  # binary-rewriting support: the shadow of this word is stale (a store only where it is
-                m = np.uint64((base + va - rwd) & ~3)  # not marked yet: most stores hit data, whose copy is)
+            if rw is not None:  # binary-rewriting support: the shadow of this word is stale (a store only
+                m = np.uint64((base + va - rwd) & ~3)  # where it is not marked yet: most stores hit data)
                 if _load32(mem, m) != RW_MARK:
                     _store32(mem, m, RW_MARK)
         elif op == 0x20:  # ld
@@ -362,7 +369,7 @@ def _fast(state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN2
                 ti = va
                 break
             _store32(mem, np.uint64(base + va), state[a])
-            if rwd:  # binary-rewriting support: the shadow of these words is stale (as for stb)
+            if rw is not None:  # binary-rewriting support: the shadow of these words is stale (as for stb)
                 m = np.uint64((base + va - rwd) & ~3)
                 if _load32(mem, m) != RW_MARK:
                     _store32(mem, m, RW_MARK)
@@ -537,7 +544,7 @@ def _fast(state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN2
             system = 1  # handled below, outside the fast loop
             break
         else:  # opcode 0x00 and every other unassigned opcode
-            if fbase != base and op >= RW_OP_XLATE and op <= RW_OP_LAST:  # binary-rewriting support
+            if rw is not None and fbase != base and op >= RW_OP_XLATE and op <= RW_OP_LAST:  # rewriting support
                 system = 1  # a monitor-only word of the shadow copy: handled by run
                 break
             tc = ILLEGAL
@@ -687,14 +694,16 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
         if tact and tdead > r and tdead < stop:
             stop = tdead
 
-        # binary-rewriting support: stores leave markers (rwd > 0) and fetches may read the shadow copy
+        # binary-rewriting support: while active, stores leave markers and fetches may read the shadow copy
         rwd = state[RW_SHADOW]
-        if not ((state[FLAGS] & F_REWRITE) != 0 and rwd >= 4 and rwd <= base):
-            rwd = 0
-        fbase = base - rwd if rwd != 0 and state[RW_FETCH] != 0 else base
+        rwa = (state[FLAGS] & F_REWRITE) != 0 and rwd >= 4 and rwd <= base
 
         # ---- the fast loop ----
-        pc, r, tc, ti, w, system = _fast(state, mem, pc, r, stop, lim, base, fbase, rwd)
+        if rwa:
+            rw = (base - rwd if state[RW_FETCH] != 0 else base, rwd)
+            pc, r, tc, ti, w, system = _fast(state, mem, pc, r, stop, lim, base, rw)
+        else:
+            pc, r, tc, ti, w, system = _fast(state, mem, pc, r, stop, lim, base, None)
 
         if not system:
             continue  # a trap to deliver, or r reached stop
