@@ -34,7 +34,7 @@ WORKLOADS = [
 ]
 # pv runs a workload's paravirtual build where it has one (the same work, its kernel ported to hypercalls).
 PV_BUILDS = {"kernel": ("guests/kernel/kernel.s", {"PARAVIRT": 1}),
-             "syscalls": ("guests/programs/syscalls_hal.s", {"COUNT": 5000, "PARAVIRT": 1})}  # fmt: skip
+             "syscalls": ("guests/programs/syscalls.s", {"COUNT": 5000, "PARAVIRT": 1})}  # fmt: skip
 
 
 def run_once(image: bytes, monitor: str, core: str, profile: str) -> tuple[float, object]:

@@ -30,7 +30,7 @@ from vmm.monitors.paravirt import Paravirt, ParavirtNoAssist  # noqa: E402
 GUESTS = [
     ("kernel", ("guests/kernel/kernel.s", {}), ("guests/kernel/kernel.s", {"PARAVIRT": 1})),
     ("syscalls", ("guests/programs/syscalls.s", {"COUNT": 5000}),
-     ("guests/programs/syscalls_hal.s", {"COUNT": 5000, "PARAVIRT": 1})),
+     ("guests/programs/syscalls.s", {"COUNT": 5000, "PARAVIRT": 1})),
 ]  # fmt: skip
 
 

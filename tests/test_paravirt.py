@@ -328,14 +328,12 @@ def test_hal_pv_agrees_with_the_monitor_and_the_cores() -> None:
     assert sym["hal_shared"] == 12 and sym["hal_pv_end"] - sym["hal_shared"] >= pv.SH_SIZE  # after the boot note
 
 
-def test_native_builds_are_unchanged_by_the_hal_choice() -> None:
-    """syscalls_hal.s natively does what syscalls.s does; the kernel's native build has no boot note."""
+def test_native_build_of_the_syscall_guest() -> None:
+    """The syscall guest's native build runs on the bare machine: no boot note, no hypercall."""
     a = BareMachine(core="jit")
     a.load(build(GUESTS / "programs" / "syscalls.s", COUNT=300).image)
-    b = BareMachine(core="jit")
-    b.load(build(GUESTS / "programs" / "syscalls_hal.s", COUNT=300).image)
-    ra, rb = a.run(), b.run()
-    assert ra.console == rb.console == f"sum of the answers: {42 * 300}\n" and ra.status == rb.status == 0
+    ra = a.run()
+    assert ra.console == f"sum of the answers: {42 * 300}\n" and ra.status == 0
 
 
 # --- the monitor ----------------------------------------------------------------------------------------------
@@ -604,7 +602,7 @@ def test_pv_takes_fewer_exits_than_the_monitors_that_run_guests_directly(workloa
         native_image, pv_image = build(KERNEL).image, build(KERNEL, "PARAVIRT").image
     else:
         native_image = build(GUESTS / "programs" / "syscalls.s", COUNT=2000).image
-        pv_image = build(GUESTS / "programs" / "syscalls_hal.s", "PARAVIRT", COUNT=2000).image
+        pv_image = build(GUESTS / "programs" / "syscalls.s", "PARAVIRT", COUNT=2000).image
     pv_result = pv_host(pv_image).run(5_000_000)[0]
     assert pv_result.halted
     for name in monitors.MONITORS:

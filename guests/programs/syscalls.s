@@ -1,5 +1,12 @@
-# A system-call-heavy guest: a user task makes COUNT system calls and adds up the answers; the kernel
-# answers each call with 42 and, at the exit call, prints the sum (42 * COUNT) and halts with status 0.
+# A system-call-heavy guest, written against the kernel's HAL (guests/kernel/hal_*.s) so that the one source
+# builds for the bare machine and, with -D PARAVIRT, for the paravirtual monitor (`pv`; docs/paravirt.md).
+# A user task makes COUNT system calls and adds up the answers; the kernel answers each with 42 and, at the
+# exit call, prints the sum (42 * COUNT) and halts with status 0.
+.ifdef PARAVIRT
+        .include "../kernel/hal_pv.s"
+.else
+        .include "../kernel/hal_native.s"
+.endif
         .ifndef COUNT
         .equ    COUNT, 1000
         .endif
@@ -7,38 +14,64 @@
 
         la      sp, stack_top
         la      r4, handler
-        mtcr    ivt, r4
+        HAL_SET_IVT r4
         li      r4, USER
-        mtcr    ebase, r4
+        HAL_SET_EBASE r4
         li      r4, 0x1000
-        mtcr    ebound, r4
-        mtcr    epc, zero
-        mtcr    epsw, zero                      # user mode, interrupts off
-        iret
+        HAL_SET_EBOUND r4
+        HAL_SET_EPC zero
+        HAL_SET_EPSW zero                       # user mode, interrupts off
+        HAL_ENTER_USER
 
 handler:
-        mfcr    r4, cause
+        HAL_GET_CAUSE r4
         li      r5, 1                           # SYSCALL
         bne     r4, r5, fault
-        mfcr    r4, badaddr                     # the call number
+        HAL_GET_BADADDR r4                      # the call number
         beqz    r4, exit
         li      r2, 42
-        mfcr    r4, epc
+        HAL_GET_EPC r4
         addi    r4, r4, 4
-        mtcr    epc, r4
-        iret
+        HAL_SET_EPC r4
+        HAL_ENTER_USER
 exit:   la      r2, msg
-        call    print_str
+        call    puts
         mov     r2, r3
-        call    print_dec
-        call    newline
+        call    putdec
+        li      r2, '\n'
+        HAL_PUTC r2
         li      r1, 0
-        halt
+        HAL_HALT
 fault:  li      r1, 1
-        halt
+        HAL_HALT
+
+puts:                                           # the NUL-terminated string at r2 (clobbers r2, r4)
+        ldbu    r4, 0(r2)
+        beqz    r4, 1f
+        HAL_PUTC r4
+        addi    r2, r2, 1
+        j       puts
+1:      ret
+
+putdec:                                         # r2 in decimal (clobbers r2, r4-r6)
+        addi    sp, sp, -12
+        addi    r4, sp, 12
+        li      r6, 10
+1:      remu    r5, r2, r6
+        divu    r2, r2, r6
+        addi    r5, r5, '0'
+        addi    r4, r4, -1
+        stb     r5, 0(r4)
+        bnez    r2, 1b
+        addi    r6, sp, 12
+2:      ldbu    r5, 0(r4)
+        HAL_PUTC r5
+        addi    r4, r4, 1
+        bltu    r4, r6, 2b
+        addi    sp, sp, 12
+        ret
 
 msg:    .asciz  "sum of the answers: "
-        .include "lib.s"
         .align  4
         .space  256
 stack_top:
