@@ -114,11 +114,13 @@ class VM:
         self.stats.emulated += done
         return done
 
-    def emulate_one(self) -> None:
-        """Emulate one step of the guest (an instruction, or a pending interrupt) against the virtual CPU."""
-        steps = int(self.vstate[S.STEPS])
+    def emulate_one(self) -> int:
+        """Emulate one step of the guest (an instruction, or a pending interrupt); return the steps it took."""
+        before = int(self.vstate[S.STEPS])
         self.device_exit(reference.step(self.vcpu))
-        self.stats.emulated += int(self.vstate[S.STEPS]) - steps
+        steps = int(self.vstate[S.STEPS]) - before  # 0 when it stopped the guest (an endless wfi)
+        self.stats.emulated += steps
+        return steps
 
     def device_exit(self, code: int | None) -> None:
         """Finish what stopped the virtual CPU: port I/O on the virtual devices, halt, or an endless wfi."""

@@ -60,7 +60,7 @@ class DirectExecution(Monitor):
                 r[S.PENDING] = 0
                 return 0
             if cause == PRIV and vm.supervisor:
-                return self.emulate(vm)  # a privileged instruction of the guest kernel
+                return vm.emulate_one()  # a privileged instruction of the guest kernel
             vm.reflect(cause, info)
             return 1
         vm.stats.exits[S.EXIT_NAMES[code]] += 1
@@ -82,9 +82,3 @@ class DirectExecution(Monitor):
         vm.vstate[S.IO_WRITE], vm.vstate[S.IO_REG] = r[S.IO_WRITE], r[S.IO_REG]
         S.complete_io(vm.vstate, 0xFFFFFFFF)  # the host's ports read as absent to a guest
         return 1
-
-    def emulate(self, vm: VM) -> int:
-        """Emulate the instruction at the guest's pc against the virtual CPU; return the steps it took."""
-        before = int(vm.vstate[S.STEPS])
-        vm.emulate_one()
-        return int(vm.vstate[S.STEPS]) - before

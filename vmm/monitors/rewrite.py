@@ -204,7 +204,7 @@ class BinaryRewriting(DirectExecution):
         n, word = 0, self.copy_word(vm)
         while True:
             vm.stats.extra[self.callout_name(word)] += 1
-            n += self.emulate(vm)
+            n += vm.emulate_one()
             if n >= budget or vm.stopped or vm.interrupt_due() is not None:
                 return n
             if not (vm.supervisor or self.plan.user_copy):
@@ -277,9 +277,7 @@ class BinaryRewriting(DirectExecution):
         """
         v, n = vm.vstate, 0
         while n < budget and not vm.stopped and (vm.supervisor or self.plan.user_copy) and int(v[S.BASE]) & 3:
-            before = int(v[S.STEPS])
-            vm.emulate_one()
-            n += int(v[S.STEPS]) - before
+            n += vm.emulate_one()
         vm.stats.extra["interpreted"] += n
         self.flush(vm)
         return n
