@@ -29,6 +29,7 @@ from isa import spec
 from isa import state as S
 from isa.core import reference
 from isa.devices import Console
+from isa.disasm import disassemble_word
 from isa.profiles import Profile, load_profile
 from isa.spec import CR_NAMES, CR_NUMBER, EXECUTE, IGNORE, INSNS, PROFILE_INDEX, PSW_IE, PSW_S, TRAP, encode
 
@@ -803,8 +804,9 @@ class _Program:
     def ins(self, m: str, a: int = 0, b: int = 0, c: int = 0, imm: int | str = 0, note: str = "") -> None:
         self.items.append(("ins", m, a, b, c, imm, note))
 
-    def raw(self, word: int, text: str, note: str = "") -> None:
-        self.items.append(("raw", word, text, note))
+    def raw(self, word: int, note: str = "") -> None:
+        """Emit ``word`` as it stands (written as the disassembler spells it)."""
+        self.items.append(("raw", word, note))
 
     def li(self, rd: int, value: int | str, note: str = "") -> None:
         if isinstance(value, int) and -0x8000 <= value < 0x8000:
@@ -860,7 +862,7 @@ class _Program:
                 lines.append(f"        .word   {it[1]:#x}")
             elif kind == "raw":
                 words.append(it[1])
-                lines.append(_line(it[2], it[3]))
+                lines.append(_line(_text(it[1], addr), it[2]))
             elif kind == "li":
                 _, rd, value, note = it
                 v = labels[value] if isinstance(value, str) else value & M32
@@ -881,8 +883,9 @@ class _Program:
                     value = labels[imm]
                     if insn.klass == spec.BRANCH and m != "jalr":
                         value = (value - addr) // 4
-                words.append(encode(insn, a, b, c, value))
-                lines.append(_line(_operands(insn, a, b, c, imm), note))
+                word = encode(insn, a, b, c, value)
+                words.append(word)
+                lines.append(_line(_text(word, addr, imm if isinstance(imm, str) else None), note))
             addr += n
         return "\n".join(lines) + "\n", bytes(data)
 
@@ -902,35 +905,17 @@ def _line(text: str, note: str) -> str:
     return f"{text:<40}# {note}" if note else text
 
 
-def _operands(insn: spec.Insn, a: int, b: int, c: int, imm: int | str) -> str:
-    ops = insn.operands
-    if ops == "rd,rs1,rs2":
-        t = f"r{a}, r{b}, r{c}"
-    elif ops == "rd,imm":
-        t = f"r{a}, {imm:#x}"
-    elif ops == "rd,rs1,imm":
-        t = f"r{a}, r{b}, {imm if isinstance(imm, str) else spec.sext(imm, 16)}"
-    elif ops in ("rd,mem", "rs,mem"):
-        t = f"r{a}, {imm if isinstance(imm, str) else spec.sext(imm, 16)}(r{b})"
-    elif ops == "rs1,rs2,br":
-        t = f"r{a}, r{b}, {imm}"
-    elif ops == "rd,j":
-        t = f"r{a}, {imm}"
-    elif ops == "uimm":
-        t = f"{imm}"
-    elif ops == "rd,cr":
-        t = f"r{a}, {CR_NAMES[imm]}"
-    elif ops == "cr,rs":
-        t = f"{CR_NAMES[imm]}, r{a}"
-    elif ops == "rd,port":
-        t = f"r{a}, {imm:#x}"
-    elif ops == "port,rs":
-        t = f"{imm:#x}, r{a}"
-    elif ops in ("rd", "rs"):
-        t = f"r{a}"
-    else:
-        t = ""
-    return f"{insn.mnemonic:<7} {t}".rstrip()
+def _text(word: int, addr: int, label: str | None = None) -> str:
+    """The instruction ``word`` at ``addr`` as the disassembler spells it, the mnemonic padded to a column.
+
+    With ``label``, the label stands for the last operand's value: a branch or jump target, or a displacement.
+    """
+    m, _, ops = disassemble_word(word, addr).partition(" ")
+    if label is not None:
+        head, sep, last = ops.rpartition(", ")
+        base = last[last.index("(") :] if "(" in last else ""  # a displacement keeps its base register
+        ops = f"{head}{sep}{label}{base}"
+    return f"{m:<7} {ops}".rstrip()
 
 
 def _emit_hex_routine(p: _Program) -> None:
@@ -1154,10 +1139,9 @@ def _program_t1(m: Model, form: Form, reason: tuple[str, str], control: bool) ->
         p.li(r, regs[r])
     p.label("test")
     if control:
-        p.raw(NOP, "addi    r0, r0, 0", "control run: the instruction replaced by a nop")
+        p.raw(NOP, "control run: the instruction replaced by a nop")
     else:
-        p.raw(form.word, f"{form.insn.mnemonic:<7} {form.text[len(form.insn.mnemonic) + 1:]}".rstrip(),
-              "<-- the instruction under test")  # fmt: skip
+        p.raw(form.word, "<-- the instruction under test")
     p.ins("addi", 12, 0, 0, 1)
     for step in observe:
         _emit_step(p, m, step)
@@ -1270,10 +1254,9 @@ def _program_t3(m: Model, form: Form, reason: tuple[str, str], control: bool) ->
         p.li(r, regs[r])
     p.label("test")
     if control:
-        p.raw(NOP, "addi    r0, r0, 0", "control run: the instruction replaced by a nop")
+        p.raw(NOP, "control run: the instruction replaced by a nop")
     else:
-        p.raw(form.word, f"{form.insn.mnemonic:<7} {form.text[len(form.insn.mnemonic) + 1:]}".rstrip(),
-              "<-- the instruction under test, in user mode")  # fmt: skip
+        p.raw(form.word, "<-- the instruction under test, in user mode")
     p.ins("addi", 12, 0, 0, 1)
     p.ins("syscall", imm=0, note="back to the kernel")
     used = {v for v in regs.values() if isinstance(v, str)} | {v for _, v in setup}
