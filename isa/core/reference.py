@@ -52,8 +52,12 @@ class Cpu:
         self.s = self.state.tolist()
 
     def push(self) -> None:
-        """Write ``self.s`` back into the flat state."""
-        self.state[:] = self.s
+        """Write ``self.s`` back into the flat state (only the architectural slots, unless a host flag's
+        support may have written its own slots: converting the whole list costs more than a step)."""
+        if self.s[S.FLAGS] & (S.F_REWRITE | S.F_PV):
+            self.state[:] = self.s
+        else:
+            self.state[:_WRITTEN] = self.s[:_WRITTEN]
 
     def reg(self, n: int) -> int:
         return self.s[n]
@@ -87,6 +91,7 @@ class Cpu:
 
 
 _decode = lru_cache(maxsize=1 << 16)(decode)  # decoding is pure: remember the words seen
+_WRITTEN = S.STATUS + 1  # without F_REWRITE or F_PV a step writes no slot past STATUS
 
 Semantics = Callable[[Cpu, spec.Decoded, int], None]
 SEMANTICS: dict[str, Semantics] = {}
