@@ -918,6 +918,18 @@ def _text(word: int, addr: int, label: str | None = None) -> str:
     return f"{m:<7} {ops}".rstrip()
 
 
+def _emit_test(p: _Program, regs: dict, form: Form, control: bool, where: str) -> None:
+    """Load the registers, then the instruction under test (or a nop for the control run), then marker 1."""
+    for r in sorted(regs):
+        p.li(r, regs[r])
+    p.label("test")
+    if control:
+        p.raw(NOP, "control run: the instruction replaced by a nop")
+    else:
+        p.raw(form.word, f"<-- the instruction under test{where}")
+    p.ins("addi", 12, 0, 0, 1)
+
+
 def _emit_hex_routine(p: _Program) -> None:
     """``hex8``: print r4 as eight hex digits and a space on the console (uses r4-r7, returns through r15)."""
     p.label("hex8")
@@ -1135,14 +1147,7 @@ def _program_t1(m: Model, form: Form, reason: tuple[str, str], control: bool) ->
         p.ins("jal", 0, 0, 0, "resumed", "reached only by an iret back to 'fault'")
         p.label("stage2")
         p.ins("addi", 6, 0, 0, 0, "a retry of 'fault' now succeeds")
-    for r in sorted(regs):
-        p.li(r, regs[r])
-    p.label("test")
-    if control:
-        p.raw(NOP, "control run: the instruction replaced by a nop")
-    else:
-        p.raw(form.word, "<-- the instruction under test")
-    p.ins("addi", 12, 0, 0, 1)
+    _emit_test(p, regs, form, control, "")
     for step in observe:
         _emit_step(p, m, step)
     p.ins("jal", 0, 0, 0, "done")
@@ -1250,14 +1255,7 @@ def _program_t3(m: Model, form: Form, reason: tuple[str, str], control: bool) ->
         p.li(10, value)
         p.ins("mtcr", 10, 0, 0, CR_NUMBER[name], f"{name} = r10")
     p.ins("mtcr", 0, 0, 0, CR_NUMBER["psw"], "user mode from the next instruction on (R unchanged)")
-    for r in sorted(regs):
-        p.li(r, regs[r])
-    p.label("test")
-    if control:
-        p.raw(NOP, "control run: the instruction replaced by a nop")
-    else:
-        p.raw(form.word, "<-- the instruction under test, in user mode")
-    p.ins("addi", 12, 0, 0, 1)
+    _emit_test(p, regs, form, control, ", in user mode")
     p.ins("syscall", imm=0, note="back to the kernel")
     used = {v for v in regs.values() if isinstance(v, str)} | {v for _, v in setup}
     for name, marker in (("landing", 2), ("ivt_pad", 5)):
