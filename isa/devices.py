@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from isa import state as S
 from isa.spec import CONSOLE_PORT
 
 NO_DEVICE = 0xFFFFFFFF
@@ -41,3 +44,12 @@ class PortBus:
         """Write a port."""
         if port == CONSOLE_PORT:
             self.console.write(value)
+
+    def complete(self, state: np.ndarray) -> None:
+        """Perform the in/out a core exited for (EXIT_IO, described by the IO slots) and retire it."""
+        port = int(state[S.IO_PORT])
+        if state[S.IO_WRITE]:
+            self.write(port, int(state[S.IO_VALUE]))
+            S.complete_io(state)
+        else:
+            S.complete_io(state, self.read(port))

@@ -77,15 +77,6 @@ class Machine:
             raise ValueError(f"image of {len(image)} bytes does not fit in {len(self.mem)} bytes of memory")
         self.mem[addr : addr + len(image)] = np.frombuffer(bytes(image), dtype=np.uint8)
 
-    def handle_io(self) -> None:
-        """Perform the port access the core exited for, and retire the instruction."""
-        st = self.state
-        if st[S.IO_WRITE]:
-            self.bus.write(int(st[S.IO_PORT]), int(st[S.IO_VALUE]))
-            S.complete_io(st)
-        else:
-            S.complete_io(st, self.bus.read(int(st[S.IO_PORT])))
-
     def run(
         self, max_steps: int = 100_000_000, on_step: Callable[[Machine, np.ndarray], None] | None = None
     ) -> RunResult:
@@ -101,7 +92,7 @@ class Machine:
             code = self.core(st, self.mem, 1 if on_step else min(left, SLICE))
             if code == S.EXIT_IO:
                 self.io_exits += 1
-                self.handle_io()
+                self.bus.complete(st)
             if on_step:
                 on_step(self, before)
             if code == S.EXIT_HALT:

@@ -126,12 +126,7 @@ class VM:
         """Finish what stopped the virtual CPU: port I/O on the virtual devices, halt, or an endless wfi."""
         v = self.vstate
         if code == S.EXIT_IO:
-            port = int(v[S.IO_PORT])
-            if v[S.IO_WRITE]:
-                self.bus.write(port, int(v[S.IO_VALUE]))
-                S.complete_io(v)
-            else:
-                S.complete_io(v, self.bus.read(port))
+            self.bus.complete(v)
         elif code == S.EXIT_HALT:
             self.halted = True
         elif code == S.EXIT_IDLE:
