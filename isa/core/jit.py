@@ -4,23 +4,25 @@
 for any budget and any split of a run into several calls (docs/isa.md).  It is the project's "hardware", so
 it is written for speed:
 
-- two loops: the fast one (``_fast``, a function of its own so that only its few values compete for machine
-  registers) runs everything but system instructions (ALU, loads, stores, branches, jumps) and returns on a
-  trap, on a system instruction and when ``r`` reaches ``stop``.  Its dispatch is one ``if op == ...``
-  chain of equality tests, which LLVM turns into a single jump table (a range test in the chain would split
-  it in two).  The outer loop in ``run`` delivers traps, fires the timer, checks the budget, takes
-  interrupts, and runs the system instructions; interrupts are therefore looked at only after something
-  that could make one deliverable;
+- two loops: the fast one (``isa/core/threaded.py``, emitted as LLVM IR so that every handler ends with a
+  dispatch jump of its own, as C's computed goto gives; a function of its own so that only its few values
+  compete for machine registers) runs everything but system instructions (ALU, loads, stores, branches,
+  jumps) and returns on a trap, on a system instruction and when ``r`` reaches ``stop``.  The outer loop in
+  ``run`` delivers traps, fires the timer, checks the budget, takes interrupts, and runs the system
+  instructions; interrupts are therefore looked at only after something that could make one deliverable;
 - the hot state lives in local variables: ``pc``, the relocation base and ``lim = min(bound, memsize -
   base)``, so that a bounds check is a single comparison.  The registers stay in ``state[0:16]`` (their
   home); every other CR is read from and written to ``state`` by the rare instructions that touch it;
 - time is lazy: ``r`` counts instructions retired in this call and the timer is kept as the value of ``r``
   at which it reaches zero (``tdead``), so one comparison per instruction (``r < stop``) covers the budget
   and the timer; ``cycle``, ``timer``, ``steps`` and ``pc`` are written back on exit;
-- memory is indexed with unsigned integers (no negative-index fix-up), words are moved with one unaligned
-  32-bit access (a relocation base need not be aligned), and every access is checked against ``lim``
-  first, so no guest value and no value in ``state`` can reach outside ``mem``;
+- memory is indexed with unsigned offsets, words are moved with one unaligned 32-bit access (a relocation
+  base need not be a multiple of 4), and every access is checked against ``lim`` first, so no guest value
+  and no value in ``state`` can reach outside ``mem``;
 - every instruction word is fetched from memory at every step, so self-modifying code needs no care.
+
+Numba's on-disk cache is keyed on this file alone: after a change to ``threaded.py``, ``isa/spec.py`` or
+``isa/state.py`` (whose constants are compiled in), clear it (``find isa -name '*.nb[ci]' -delete``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from numba.extending import intrinsic
 
 from isa import spec
 from isa import state as S
+from isa.core.threaded import fast_loop, fast_loop_rw
 
 # Everything below is a module-level int, which Numba freezes into the compiled code as a constant.
 M32 = 0xFFFFFFFF
@@ -67,10 +70,8 @@ assert all(spec.PROFILE_INDEX[f"mtcr.{n}"] + S.PROFILE == P_MTCR + i for i, n in
 F_REWRITE, RW_SHADOW, RW_FETCH, RW_VPEND, VCR0 = S.F_REWRITE, S.RW_SHADOW, S.RW_FETCH, S.RW_VPEND, S.VCR0
 EXIT_XLATE, EXIT_CALLOUT, RW_TWIN = S.EXIT_XLATE, S.EXIT_CALLOUT, S.RW_TWIN
 RW_OP_XLATE, RW_OP_CALLOUT, RW_OP_LAST = S.RW_OP_XLATE, S.RW_OP_CALLOUT, S.RW_OP_LAST
-RW_MARK = S.RW_OP_XLATE << 24  # the word a store leaves over the shadow of what it wrote
 RW_RETIRE, RW_CALL_OUT = -1, -2  # what _rw_twin tells run to do (else: the cause of a trap)
 MAX_BUDGET = 1 << 62  # more steps than any run can take; keeps the step arithmetic far from overflow
-U1, U2, U3 = np.uint64(1), np.uint64(2), np.uint64(3)
 
 
 # --- Numba's on-disk cache -------------------------------------------------------------------------------
@@ -265,294 +266,13 @@ def _pv_iret(state, mem):  # noqa: ANN001, ANN202
 
 
 @_compiled
-def _fast(state, mem, pc, r, stop, lim, base, rw):  # noqa: ANN001, ANN202
-    """The fast loop: everything but system instructions, until a trap, a system instruction or r = stop.
+def _fast_plain(state, mem, pc, r, stop, lim, base):  # noqa: ANN001, ANN202
+    return fast_loop(state, mem, pc, r, stop, lim, base, base, np.int64(0))
 
-    Binary-rewriting support: ``rw`` is None while it is off, and Numba then compiles this function without
-    a trace of it (its ``rw is not None`` branches are pruned); else ``rw`` = (the fetch base, which is ``base``
-    unless a shadow copy is run, and D): instructions are fetched at ``fbase + pc`` and every store leaves the
-    marker over its shadow, D below.
 
-    A function of its own so that only its few values compete for machine registers; returns (pc, r, the
-    cause and badaddr of a trap to deliver (cause 0: none), the word at pc, 1 for a system instruction).
-    """
-    tc = np.int64(0)
-    ti = np.int64(0)
-    w = np.int64(0)
-    system = np.int64(0)
-    fbase = base
-    rwd = 0
-    if rw is not None:  # binary-rewriting support
-        fbase = rw[0]
-        rwd = rw[1]
-    while r < stop:
-        if pc & 3:
-            tc = ALIGN
-            ti = pc
-            break
-        if pc + 4 > lim:
-            tc = MEM_FAULT
-            ti = pc
-            break
-        w = _load32(mem, np.uint64(fbase + pc))
-        op = w >> 24
-        a = (w >> 20) & 15
-        b = (w >> 16) & 15
-        npc = pc + 4
-        if op == 0x11:  # addi (like every write to a register, one to r0 is discarded)
-            if a:
-                state[a] = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
-        elif op == 0x30:  # beq
-            if state[a] == state[b]:
-                npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
-        elif op == 0x31:  # bne
-            if state[a] != state[b]:
-                npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
-        elif op == 0x32:  # blt
-            if (state[a] ^ 0x80000000) < (state[b] ^ 0x80000000):
-                npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
-        elif op == 0x33:  # bge
-            if (state[a] ^ 0x80000000) >= (state[b] ^ 0x80000000):
-                npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
-        elif op == 0x34:  # bltu
-            if state[a] < state[b]:
-                npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
-        elif op == 0x35:  # bgeu
-            if state[a] >= state[b]:
-                npc = pc + ((((w & 0xFFFF) ^ 0x8000) - 0x8000) << 2)
-        elif op == 0x01:  # add
-            if w & 0xFFF:
-                tc = ILLEGAL
-                ti = w
-                break
-            if a:
-                state[a] = (state[b] + state[(w >> 12) & 15]) & M32
-        elif op == 0x22:  # ldbu
-            va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
-            if va + 1 > lim:
-                tc = MEM_FAULT
-                ti = va
-                break
-            if a:
-                state[a] = np.int64(mem[np.uint64(base + va)])
-        elif op == 0x25:  # stb
-            va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
-            if va + 1 > lim:
-                tc = MEM_FAULT
-                ti = va
-                break
-            mem[np.uint64(base + va)] = state[a] & 0xFF
-            if rw is not None:  # binary-rewriting support: the shadow of this word is stale (a store only
-                m = np.uint64((base + va - rwd) & ~3)  # where it is not marked yet: most stores hit data)
-                if _load32(mem, m) != RW_MARK:
-                    _store32(mem, m, RW_MARK)
-        elif op == 0x20:  # ld
-            va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
-            if va & 3:
-                tc = ALIGN
-                ti = va
-                break
-            if va + 4 > lim:
-                tc = MEM_FAULT
-                ti = va
-                break
-            if a:
-                state[a] = _load32(mem, np.uint64(base + va))
-        elif op == 0x24:  # st
-            va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
-            if va & 3:
-                tc = ALIGN
-                ti = va
-                break
-            if va + 4 > lim:
-                tc = MEM_FAULT
-                ti = va
-                break
-            _store32(mem, np.uint64(base + va), state[a])
-            if rw is not None:  # binary-rewriting support: the shadow of these words is stale (as for stb)
-                m = np.uint64((base + va - rwd) & ~3)
-                if _load32(mem, m) != RW_MARK:
-                    _store32(mem, m, RW_MARK)
-                m = np.uint64((base + va + 3 - rwd) & ~3)
-                if _load32(mem, m) != RW_MARK:
-                    _store32(mem, m, RW_MARK)
-        elif op == 0x38:  # jal
-            if a:
-                state[a] = npc & M32
-            npc = pc + ((((w & 0xFFFFF) ^ 0x80000) - 0x80000) << 2)
-        elif op == 0x39:  # jalr (the target first, so that jalr r1, 0(r1) works)
-            t = state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)
-            if a:
-                state[a] = npc & M32
-            npc = t
-        elif op == 0x10:  # lui
-            if w & 0xF0000:
-                tc = ILLEGAL
-                ti = w
-                break
-            if a:
-                state[a] = (w & 0xFFFF) << 16
-        elif op == 0x02:  # sub
-            if w & 0xFFF:
-                tc = ILLEGAL
-                ti = w
-                break
-            if a:
-                x = state[b]
-                y = state[(w >> 12) & 15]
-                state[a] = (x - y) & M32
-        elif op == 0x03:  # and
-            if w & 0xFFF:
-                tc = ILLEGAL
-                ti = w
-                break
-            if a:
-                x = state[b]
-                y = state[(w >> 12) & 15]
-                state[a] = (x & y) & M32
-        elif op == 0x04:  # or
-            if w & 0xFFF:
-                tc = ILLEGAL
-                ti = w
-                break
-            if a:
-                x = state[b]
-                y = state[(w >> 12) & 15]
-                state[a] = (x | y) & M32
-        elif op == 0x05:  # xor
-            if w & 0xFFF:
-                tc = ILLEGAL
-                ti = w
-                break
-            if a:
-                x = state[b]
-                y = state[(w >> 12) & 15]
-                state[a] = (x ^ y) & M32
-        elif op == 0x06:  # shl
-            if w & 0xFFF:
-                tc = ILLEGAL
-                ti = w
-                break
-            if a:
-                x = state[b]
-                y = state[(w >> 12) & 15]
-                state[a] = (x << (y & 31)) & M32
-        elif op == 0x07:  # shr
-            if w & 0xFFF:
-                tc = ILLEGAL
-                ti = w
-                break
-            if a:
-                x = state[b]
-                y = state[(w >> 12) & 15]
-                state[a] = (x >> (y & 31)) & M32
-        elif op == 0x08:  # sar
-            if w & 0xFFF:
-                tc = ILLEGAL
-                ti = w
-                break
-            if a:
-                x = state[b]
-                y = state[(w >> 12) & 15]
-                state[a] = (((x ^ 0x80000000) - 0x80000000) >> (y & 31)) & M32
-        elif op == 0x09:  # mul (the low 32 bits survive int64 wrap-around)
-            if w & 0xFFF:
-                tc = ILLEGAL
-                ti = w
-                break
-            if a:
-                x = state[b]
-                y = state[(w >> 12) & 15]
-                state[a] = (x * y) & M32
-        elif op == 0x0E:  # slt
-            if w & 0xFFF:
-                tc = ILLEGAL
-                ti = w
-                break
-            if a:
-                x = state[b]
-                y = state[(w >> 12) & 15]
-                state[a] = (np.int64((x ^ 0x80000000) < (y ^ 0x80000000))) & M32
-        elif op == 0x0F:  # sltu
-            if w & 0xFFF:
-                tc = ILLEGAL
-                ti = w
-                break
-            if a:
-                x = state[b]
-                y = state[(w >> 12) & 15]
-                state[a] = (np.int64(x < y)) & M32
-        elif op == 0x13:  # andi
-            if a:
-                state[a] = state[b] & (w & 0xFFFF)
-        elif op == 0x14:  # ori
-            if a:
-                state[a] = (state[b] | (w & 0xFFFF)) & M32
-        elif op == 0x15:  # xori
-            if a:
-                state[a] = (state[b] ^ (w & 0xFFFF)) & M32
-        elif op == 0x16:  # shli
-            if a:
-                state[a] = (state[b] << (w & 31)) & M32
-        elif op == 0x17:  # shri
-            if a:
-                state[a] = (state[b] >> (w & 31)) & M32
-        elif op == 0x18:  # sari
-            if a:
-                state[a] = (((state[b] ^ 0x80000000) - 0x80000000) >> (w & 31)) & M32
-        elif op == 0x1E:  # slti
-            if a:
-                state[a] = np.int64(((state[b] ^ 0x80000000) - 0x80000000) < (((w & 0xFFFF) ^ 0x8000) - 0x8000))
-        elif op == 0x1F:  # sltiu (against the sign-extended immediate, as unsigned)
-            if a:
-                state[a] = np.int64(state[b] < ((((w & 0xFFFF) ^ 0x8000) - 0x8000) & M32))
-        elif op == 0x21:  # ldb
-            va = (state[b] + (((w & 0xFFFF) ^ 0x8000) - 0x8000)) & M32
-            if va + 1 > lim:
-                tc = MEM_FAULT
-                ti = va
-                break
-            if a:
-                state[a] = ((np.int64(mem[np.uint64(base + va)]) ^ 0x80) - 0x80) & M32
-        elif (
-            op == 0x0A or op == 0x0B or op == 0x0C or op == 0x0D
-        ):  # div divu rem remu (last: a range test here would split the switch)
-            if w & 0xFFF:
-                tc = ILLEGAL
-                ti = w
-                break
-            x = state[b]
-            y = state[(w >> 12) & 15]
-            if y == 0:
-                tc = DIVZERO
-                ti = 0
-                break
-            if op == 0x0B:  # divu
-                v = x // y
-            elif op == 0x0D:  # remu
-                v = x % y
-            else:  # signed, truncating toward zero
-                sx = (x ^ 0x80000000) - 0x80000000
-                sy = (y ^ 0x80000000) - 0x80000000
-                q = abs(sx) // abs(sy)
-                if (sx < 0) != (sy < 0):
-                    q = -q
-                v = q if op == 0x0A else sx - q * sy
-            if a:
-                state[a] = v & M32
-        elif op >= 0x40 and op <= 0x52:
-            system = 1  # handled below, outside the fast loop
-            break
-        else:  # opcode 0x00 and every other unassigned opcode
-            if rw is not None and fbase != base and op >= RW_OP_XLATE and op <= RW_OP_LAST:  # rewriting support
-                system = 1  # a monitor-only word of the shadow copy: handled by run
-                break
-            tc = ILLEGAL
-            ti = w
-            break
-        pc = npc & M32  # retire
-        r += 1
-    return pc, r, tc, ti, w, system
+@_compiled
+def _fast_rw(state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN202
+    return fast_loop_rw(state, mem, pc, r, stop, lim, base, fbase, rwd)
 
 
 @_compiled
@@ -700,10 +420,10 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
 
         # ---- the fast loop ----
         if rwa:
-            rw = (base - rwd if state[RW_FETCH] != 0 else base, rwd)
-            pc, r, tc, ti, w, system = _fast(state, mem, pc, r, stop, lim, base, rw)
+            fbase = base - rwd if state[RW_FETCH] != 0 else base
+            pc, r, tc, ti, w, system = _fast_rw(state, mem, pc, r, stop, lim, base, fbase, rwd)
         else:
-            pc, r, tc, ti, w, system = _fast(state, mem, pc, r, stop, lim, base, None)
+            pc, r, tc, ti, w, system = _fast_plain(state, mem, pc, r, stop, lim, base)
 
         if not system:
             continue  # a trap to deliver, or r reached stop
