@@ -47,6 +47,8 @@ def test_step_limit_and_endless_wfi(tmp_path: Path, capsys: pytest.CaptureFixtur
         (["run", str(GUESTS / "programs/hello.s"), "--mem", "lots"], 2, "invalid memory size"),
         (["run", str(GUESTS / "programs/hello.s"), "--mem", "64"], 2, "does not fit"),
         (["check", "--profile", "nope.toml"], 2, "nope.toml"),
+        (["run", "/"], 2, "/: not a regular file"),
+        (["asm", str(GUESTS / "programs/hello.s"), "-o", "/nonexistent/dir/x.bin"], 2, "/nonexistent/dir/x.bin"),
     ],
 )
 def test_user_errors_are_one_clear_line(argv: list[str], status: int, message: str, capsys) -> None:

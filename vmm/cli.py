@@ -31,7 +31,7 @@ def load_program(path: str, defines: dict[str, int] | None = None) -> tuple[byte
 
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"{path}: no such file")
+        raise UsageError(f"{path}: {'not a regular file' if p.exists() else 'no such file'}")
     if p.suffix.lower() in (".s", ".asm"):
         program = assemble_file(str(p), defines=defines)
         return program.image, program.symbols
@@ -283,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except OSError as e:  # an input that cannot be read, an output that cannot be written
+        print(f"popek: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("popek: interrupted", file=sys.stderr)
         return 130
