@@ -19,6 +19,7 @@ does), which is cheaper than a test of ``rd`` in every handler.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from llvmlite import ir
@@ -31,6 +32,7 @@ from isa import state as S
 
 I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 SYSTEM_OPCODES = range(0x40, 0x53)  # handled by the caller, outside the loop
+_BIG_ENDIAN = sys.byteorder == "big"  # P32 is little-endian: swap bytes on a big-endian host
 RW_MARK = S.RW_OP_XLATE << 24  # the word a store leaves over the shadow of what it wrote
 
 # Binary operations on two 32-bit values, by R-format opcode (the I-format ones take the immediate as y).
@@ -124,8 +126,15 @@ class _Loop:
     def byte_ptr(self, offset: ir.Value) -> ir.Value:
         return self.b.gep(self.mem, [offset])
 
-    def word_ptr(self, offset: ir.Value) -> ir.Value:
-        return self.b.bitcast(self.byte_ptr(offset), I32.as_pointer())
+    def load_word(self, offset: ir.Value) -> ir.Value:
+        """The little-endian word at ``mem[offset:offset+4]``: one unaligned access (a base need not be aligned)."""
+        v = self.b.load(self.b.bitcast(self.byte_ptr(offset), I32.as_pointer()), align=1)
+        return self.b.bswap(v) if _BIG_ENDIAN else v
+
+    def store_word(self, value: ir.Value, offset: ir.Value) -> None:
+        """Store ``value`` little-endian at ``mem[offset:offset+4]``."""
+        v = self.b.bswap(value) if _BIG_ENDIAN else value
+        self.b.store(v, self.b.bitcast(self.byte_ptr(offset), I32.as_pointer()), align=1)
 
     def trap(self, cause: int, info: ir.Value) -> None:
         """Leave the loop with a trap to deliver."""
@@ -147,7 +156,7 @@ class _Loop:
         pc = b.zext(b.load(self.v_pc), I64)
         with b.if_then(b.icmp_signed(">", b.add(pc, _c64(4)), self.lim), likely=False):
             b.branch(self.fetch_fault)
-        w = b.load(self.word_ptr(b.add(self.fbase, pc)), align=1)
+        w = self.load_word(b.add(self.fbase, pc))
         b.store(w, self.v_w)
         slot = b.gep(self.table, [_c64(0), b.zext(b.lshr(w, _c32(24)), I64)])
         self.jumps.append(b.branch_indirect(b.load(slot)))
@@ -181,9 +190,9 @@ class _Loop:
     def mark_shadow(self, offset: ir.Value) -> None:
         """Binary-rewriting support: leave the marker over the shadow word of the byte at ``offset``."""
         b = self.b
-        p = self.word_ptr(b.and_(b.sub(offset, self.rwd), _c64(~3)))
-        with b.if_then(b.icmp_unsigned("!=", b.load(p, align=1), _c32(RW_MARK))):
-            b.store(_c32(RW_MARK), p, align=1)
+        shadow = b.and_(b.sub(offset, self.rwd), _c64(~3))
+        with b.if_then(b.icmp_unsigned("!=", self.load_word(shadow), _c32(RW_MARK))):
+            self.store_word(_c32(RW_MARK), shadow)
 
     # --- the handlers -----------------------------------------------------------------------------------
     def emit(self) -> ir.Value:
@@ -221,7 +230,7 @@ class _Loop:
             w, pc = self.handler(name)
             offset = self.check_data(b.add(self.reg(self.field(w, 16)), self.simm(w)), size)
             if size == 4:
-                value = b.load(self.word_ptr(offset), align=1)
+                value = self.load_word(offset)
             else:
                 value = load(b.load(self.byte_ptr(offset)), I32)
             self.set_reg(self.field(w, 20), value)
@@ -231,7 +240,7 @@ class _Loop:
             offset = self.check_data(b.add(self.reg(self.field(w, 16)), self.simm(w)), size)
             value = self.reg(self.field(w, 20))
             if size == 4:
-                b.store(value, self.word_ptr(offset), align=1)
+                self.store_word(value, offset)
             else:
                 b.store(b.trunc(value, I8), self.byte_ptr(offset))
             if self.rw:
