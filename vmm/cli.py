@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -266,6 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _load_jit_core() -> None:
+    """Compile the JIT core, or load it from the cache; say so when it takes long (the first run only)."""
+    from isa.core import jit
+
+    note = threading.Timer(1.5, print, ["popek: compiling the JIT core (once: later runs load it from a cache)"],
+                           {"file": sys.stderr, "flush": True})  # fmt: skip
+    note.daemon = True
+    note.start()
+    try:
+        jit.warmup()
+    finally:
+        note.cancel()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``popek`` command."""
     from isa.asm import AsmError
@@ -274,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "profile", None):
             load_profile(args.profile)  # report a bad profile before anything runs
+        if getattr(args, "core", None) == "jit":
+            _load_jit_core()
         return args.fn(args)
     except AsmError as e:
         print(str(e), file=sys.stderr)
