@@ -42,7 +42,7 @@ from numba.extending import intrinsic
 
 from isa import spec
 from isa import state as S
-from isa.core.threaded import fast_loop, fast_loop_rw
+from isa.core.threaded import SYSTEM_MARK, fast_loop, fast_loop_rw
 
 # Everything below is a module-level int, which Numba freezes into the compiled code as a constant.
 M32 = 0xFFFFFFFF
@@ -267,11 +267,13 @@ def _pv_iret(state, mem):  # noqa: ANN001, ANN202
 
 @_compiled
 def _fast_plain(state, mem, pc, r, stop, lim, base):  # noqa: ANN001, ANN202
+    """The fast loop (isa/core/threaded.py) without binary-rewriting support."""
     return fast_loop(state, mem, pc, r, stop, lim, base, base, np.int64(0))
 
 
 @_compiled
 def _fast_rw(state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN202
+    """The fast loop with binary-rewriting support: fetches at ``fbase + pc``, stores mark the shadow copy."""
     return fast_loop_rw(state, mem, pc, r, stop, lim, base, fbase, rwd)
 
 
@@ -421,14 +423,15 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
         # ---- the fast loop ----
         if rwa:
             fbase = base - rwd if state[RW_FETCH] != 0 else base
-            pc, r, tc, ti, w, system = _fast_rw(state, mem, pc, r, stop, lim, base, fbase, rwd)
+            pc, r, tc, ti, w = _fast_rw(state, mem, pc, r, stop, lim, base, fbase, rwd)
         else:
-            pc, r, tc, ti, w, system = _fast_plain(state, mem, pc, r, stop, lim, base)
+            pc, r, tc, ti, w = _fast_plain(state, mem, pc, r, stop, lim, base)
 
-        if not system:
-            continue  # a trap to deliver, or r reached stop
+        if tc < SYSTEM_MARK:
+            continue  # a trap to deliver, or r reached stop (tc = 0)
 
         # ---- system instructions: w is the word at pc, already fetched ----
+        tc = 0
         op = w >> 24
         a = (w >> 20) & 15
         npc = pc + 4

@@ -10,11 +10,19 @@ takes a block's address, so the loop keeps a function of its own, and its few li
 window) stay in machine registers.
 
 Semantics are those of ``isa/core/reference.py`` for every instruction but the system ones (opcodes
-0x40-0x52), on which the loop returns to the caller; ``isa/core/jit.py`` documents the contract of
-``fast(state, mem, pc, r, stop, lim, base, fbase, rwd) -> (pc, r, cause, info, word, system)``.  Registers
-live in ``state[0:16]`` as unsigned 32-bit values; every handler computes in 32 bits and writes its result
-unconditionally, and the dispatch rewrites r0 with 0 before the next instruction can read it (as the C core
-does), which is cheaper than a test of ``rd`` in every handler.
+0x40-0x52), on which the loop returns to the caller.  The contract, for ``isa/core/jit.py``:
+``fast(state, mem, pc, r, stop, lim, base, fbase, rwd) -> (pc, r, cause, info, word)`` runs from ``pc``
+while ``r`` (instructions retired) is below ``stop``; an access of n bytes at a virtual address va is
+allowed iff va + n <= ``lim`` and reaches ``mem[base + va]``; words are fetched at ``fbase + pc``.  It
+returns with cause 0 when ``r`` reached ``stop``, with a trap's cause and info (badaddr) to deliver, or with
+the opcode of a system instruction as the cause (at least SYSTEM_MARK, above every cause) and its word.
+With binary-rewriting support (``fast_loop_rw``) every store leaves the marker over the shadow of what it
+wrote, ``rwd`` bytes below, and the monitor-only opcodes count as system ones when ``fbase != base``.
+
+Registers live in ``state[0:16]`` as unsigned 32-bit values; every handler computes in 32 bits and writes
+its result unconditionally, and the dispatch rewrites r0 with 0 before the next instruction can read it (as
+the C core does), which is cheaper than a test of ``rd`` in every handler.  The alignment of pc is checked
+on entry and after ``jalr``, the only instruction that can make it odd.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from isa import state as S
 
 I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 SYSTEM_OPCODES = range(0x40, 0x53)  # handled by the caller, outside the loop
+SYSTEM_MARK = 0x40  # a returned cause at or above it is the opcode of a system instruction, not a trap's
+assert SYSTEM_MARK > max(spec.CAUSE_NAMES) and min(SYSTEM_OPCODES) >= SYSTEM_MARK
 _BIG_ENDIAN = sys.byteorder == "big"  # P32 is little-endian: swap bytes on a big-endian host
 RW_MARK = S.RW_OP_XLATE << 24  # the word a store leaves over the shadow of what it wrote
 
@@ -97,10 +107,11 @@ class _Loop:
         self.v_tc = cgutils.alloca_once_value(builder, _c64(0))
         self.v_ti = cgutils.alloca_once_value(builder, _c64(0))
         self.v_w = cgutils.alloca_once_value(builder, _c32(0))
-        self.v_system = cgutils.alloca_once_value(builder, _c64(0))
         fn = builder.function
         self.fn = fn
         self.exit = fn.append_basic_block("exit")
+        self.exit_stop = fn.append_basic_block("exit_stop")  # r reached stop: nothing to report
+        self.lim_fetch = builder.sub(self.lim, _c64(4))  # a word at pc can be fetched iff pc <= lim_fetch
         self.start = fn.append_basic_block("start")  # checks pc's alignment first (entry, jalr to an odd pc)
         self.illegal = fn.append_basic_block("illegal")
         self.system = fn.append_basic_block("system")
@@ -138,9 +149,14 @@ class _Loop:
 
     def trap(self, cause: int, info: ir.Value) -> None:
         """Leave the loop with a trap to deliver."""
-        self.b.store(_c64(cause), self.v_tc)
-        self.b.store(self.b.zext(info, I64) if info.type != I64 else info, self.v_ti)
-        self.b.branch(self.exit)
+        self.trap_from(_c64(cause), info)
+
+    def trap_from(self, cause: ir.Value, info: ir.Value) -> None:
+        """Leave the loop reporting ``cause`` (a trap's, or a system instruction's opcode) and ``info``."""
+        b = self.b
+        b.store(b.zext(cause, I64) if cause.type != I64 else cause, self.v_tc)
+        b.store(b.zext(info, I64) if info.type != I64 else info, self.v_ti)
+        b.branch(self.exit)
 
     def trap_if(self, cond: ir.Value, cause: int, info: Callable[[], ir.Value]) -> None:
         with self.b.if_then(cond, likely=False):
@@ -152,9 +168,9 @@ class _Loop:
         b.store(_c64(0), self.regs)
         r = b.load(self.v_r)
         with b.if_then(b.icmp_signed(">=", r, self.stop), likely=False):
-            b.branch(self.exit)
+            b.branch(self.exit_stop)
         pc = b.zext(b.load(self.v_pc), I64)
-        with b.if_then(b.icmp_signed(">", b.add(pc, _c64(4)), self.lim), likely=False):
+        with b.if_then(b.icmp_signed(">", pc, self.lim_fetch), likely=False):
             b.branch(self.fetch_fault)
         w = self.load_word(b.add(self.fbase, pc))
         b.store(w, self.v_w)
@@ -272,8 +288,10 @@ class _Loop:
 
         b.position_at_end(self.illegal)
         self.trap(spec.ILLEGAL, b.load(self.v_w))
-        b.position_at_end(self.system)
-        b.store(_c64(1), self.v_system)
+        b.position_at_end(self.system)  # cause <- the opcode (>= SYSTEM_MARK): values already in registers
+        w = b.load(self.v_w)
+        self.trap_from(b.lshr(w, _c32(24)), w)
+        b.position_at_end(self.exit_stop)
         b.branch(self.exit)
         b.position_at_end(self.fetch_fault)
         self.trap(spec.MEM_FAULT, b.load(self.v_pc))
@@ -298,7 +316,6 @@ class _Loop:
             b.load(self.v_tc),
             b.load(self.v_ti),
             b.zext(b.load(self.v_w), I64),
-            b.load(self.v_system),
         ]
         return out
 
@@ -339,7 +356,7 @@ class _Loop:
 def _make(rw: bool):  # noqa: ANN202
     @intrinsic
     def fast(typingctx, state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN202
-        sig = types.UniTuple(types.int64, 6)(state, mem, *(types.int64,) * 7)
+        sig = types.UniTuple(types.int64, 5)(state, mem, *(types.int64,) * 7)
 
         def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
             out = _Loop(context, builder, sig, args, rw).emit()
