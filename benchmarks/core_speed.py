@@ -3,9 +3,11 @@
     python benchmarks/core_speed.py [--repeat 5] [--json benchmarks/results/core_speed.json]
 
 Every program runs on every available core in one process, interleaved round by round so that the machine's
-noise falls on all cores alike; each figure is the best round. The reference core runs a shorter build of
-each program (it is ~1000x slower); MIPS is a rate, so the figures compare. The JIT core's compile time
-(a fresh process with an empty cache) and cache-load time (a second process) are measured apart.
+noise falls on all cores alike; each figure is the best round. "paired" is the median over the rounds of the
+JIT/C speed ratio of the two runs made back to back: the figure least moved by the machine's drift. The
+reference core runs a shorter build of each program (it is ~1000x slower); MIPS is a rate, so the figures
+compare. The JIT core's compile time (a fresh process with an empty cache) and cache-load time (a second
+process) are measured apart.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,21 +78,27 @@ def measure(repeat: int) -> dict:
         for c in cores:
             time_run(images[c], c)  # warm up caches and the JIT
         best: dict[str, tuple[float, int]] = {}
+        paired: list[float] = []  # JIT / C speed, round by round
         consoles = set()
         for _ in range(repeat if "reference" not in cores else max(1, repeat)):
+            this_round = {}
             for c in cores:
                 if c == "reference" and c in best:
                     continue  # one round of the slow core is plenty
                 secs, steps, console = time_run(images[c], c)
+                this_round[c] = secs
                 if c != "reference":
                     consoles.add(console)
                 if c not in best or secs < best[c][0]:
                     best[c] = (secs, steps)
+            if "jit" in this_round and "c" in this_round:  # the two ran back to back: their ratio is paired
+                paired.append(this_round["c"] / this_round["jit"])
         assert len(consoles) == 1, f"{prog}: the cores disagree: {consoles}"
         mips = {c: best[c][1] / best[c][0] / 1e6 for c in cores}
         row = {"program": prog, "steps": {c: best[c][1] for c in cores}, "mips": mips}
         if "c" in mips:
             row["jit_over_c"] = mips["jit"] / mips["c"]
+            row["jit_over_c_paired_median"] = statistics.median(paired)
         if "reference" in mips:
             row["jit_over_reference"] = mips["jit"] / mips["reference"]
         rows.append(row)
@@ -104,13 +113,14 @@ def main() -> None:
     args = p.parse_args()
     data = measure(args.repeat)
     table = Table(title="core speed (steady state, MIPS)")
-    for col in ("program", "jit", "c", "reference", "jit / c", "jit / reference"):
+    for col in ("program", "jit", "c", "reference", "jit / c", "paired", "jit / reference"):
         table.add_column(col, justify="left" if col == "program" else "right")
     for r in data["rows"]:
         m = r["mips"]
         table.add_row(r["program"], *(f"{m[c]:.1f}" if c in m else "-" for c in ("jit", "c")),
                       f"{m['reference']:.3f}" if "reference" in m else "-",
                       f"{r['jit_over_c']:.2f}" if "jit_over_c" in r else "-",
+                      f"{r['jit_over_c_paired_median']:.2f}" if "jit_over_c" in r else "-",
                       f"{r['jit_over_reference']:.0f}" if "jit_over_reference" in r else "-")  # fmt: skip
     Console().print(table)
     compile_s, load_s = data["compile_seconds"], data["cache_load_seconds"]
