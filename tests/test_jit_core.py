@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -342,3 +344,31 @@ def test_cache_dir_fallbacks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert jit._fallback_cache_dir() == ""
     monkeypatch.setattr(jit.numba.config, "CACHE_DIR", str(tmp_path))
     assert jit._fallback_cache_dir() is None  # NUMBA_CACHE_DIR set: Numba uses it
+
+
+def test_a_changed_dependency_drops_the_cache(tmp_path: Path) -> None:
+    """Code compiled in from another file (the IR fast loop, constants) invalidates the cache when it changes."""
+    flushed = []
+
+    class FakeCache:
+        cache_path = str(tmp_path)
+
+        def flush(self) -> None:
+            flushed.append(True)
+
+    function = SimpleNamespace(_cache=FakeCache())
+    dependency = tmp_path / "dependency.py"
+    dependency.write_text("A = 1\n")
+    module = SimpleNamespace(__file__=str(dependency))
+    assert jit._drop_stale_cache([function], (module,))  # no digest recorded yet
+    assert not jit._drop_stale_cache([function], (module,))
+    dependency.write_text("A = 2\n")
+    assert jit._drop_stale_cache([function], (module,)) and len(flushed) == 2
+
+
+def test_the_core_records_what_its_cache_was_built_from() -> None:
+    cache_path = jit.run._cache.cache_path
+    if not isinstance(cache_path, str):
+        pytest.skip("compiled without an on-disk cache here")
+    sources = b"".join(Path(m.__file__).read_bytes() for m in (jit.threaded, spec, S))
+    assert (Path(cache_path) / "jit.dependencies").read_text() == hashlib.sha256(sources).hexdigest()

@@ -21,18 +21,20 @@ it is written for speed:
   and no value in ``state`` can reach outside ``mem``;
 - every instruction word is fetched from memory at every step, so self-modifying code needs no care.
 
-Numba's on-disk cache is keyed on this file alone: after a change to ``threaded.py``, ``isa/spec.py`` or
-``isa/state.py`` (whose constants are compiled in), clear it (``find isa -name '*.nb[ci]' -delete``).
+Numba keys its on-disk cache on this file alone; ``_drop_stale_cache`` also drops it when a file compiled
+into it (``threaded.py``, ``isa/spec.py``, ``isa/state.py``) has changed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -42,6 +44,7 @@ from numba.extending import intrinsic
 
 from isa import spec
 from isa import state as S
+from isa.core import threaded
 from isa.core.threaded import SYSTEM_MARK, fast_loop, fast_loop_rw
 
 # Everything below is a module-level int, which Numba freezes into the compiled code as a constant.
@@ -125,10 +128,37 @@ def _cache_dir(path: str | None) -> Iterator[None]:
 _CACHE_DIR = _fallback_cache_dir()
 
 
+_COMPILED: list = []  # every function compiled here, for _drop_stale_cache
+
+
 def _compiled(fn: Callable) -> Callable:
     """``njit`` with the on-disk cache (in the directory chosen above), releasing the GIL while it runs."""
     with _cache_dir(_CACHE_DIR):
-        return njit(cache=_CACHE_DIR != "", nogil=True)(fn)
+        dispatcher = njit(cache=_CACHE_DIR != "", nogil=True)(fn)
+    _COMPILED.append(dispatcher)
+    return dispatcher
+
+
+def _drop_stale_cache(dispatchers: list, dependencies: tuple) -> bool:
+    """Empty the functions' on-disk cache if the files compiled into them changed; True if it did.
+
+    Numba compares the cached code with the file that defines a function, not with the modules it takes
+    code or constants from; a digest of those, kept beside the cache, catches a change there.
+    """
+    caches = [getattr(d, "_cache", None) for d in dispatchers]
+    caches = [c for c in caches if isinstance(getattr(c, "cache_path", None), str)]
+    if not caches or not os.path.isdir(caches[0].cache_path):
+        return False
+    digest = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in dependencies)).hexdigest()
+    marker = Path(caches[0].cache_path) / "jit.dependencies"
+    with contextlib.suppress(OSError):
+        if marker.read_text() == digest:
+            return False
+    with contextlib.suppress(OSError):
+        for cache in caches:
+            cache.flush()
+        marker.write_text(digest)
+    return True
 
 
 # --- unaligned little-endian word access -------------------------------------------------------------
@@ -576,6 +606,9 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                 state[a] = state[BASE] & M32
         pc = npc & M32  # retire
         r += 1
+
+
+_drop_stale_cache(_COMPILED, (threaded, spec, S))
 
 
 def warmup() -> float:
