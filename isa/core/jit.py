@@ -60,8 +60,8 @@ EXIT_HCALL, EXIT_IDLE = S.EXIT_HCALL, S.EXIT_IDLE
 EXECUTE, IGNORE = spec.EXECUTE, spec.IGNORE
 NUM_CRS, CR_PSW, CR_BASE, CR_BOUND = spec.NUM_CRS, spec.CR_PSW, spec.CR_BASE, spec.CR_BOUND
 CR_TIMER, CR_CYCLE = spec.CR_TIMER, spec.CR_CYCLE
-SYSCALL, PRIV, ILLEGAL, MEM_FAULT, ALIGN = spec.SYSCALL, spec.PRIV, spec.ILLEGAL, spec.MEM_FAULT, spec.ALIGN
-DIVZERO, BREAK, TIMER_IRQ, DEVICE_IRQ = spec.DIVZERO, spec.BREAK, spec.TIMER_IRQ, spec.DEVICE_IRQ
+SYSCALL, PRIV, ILLEGAL, BREAK = spec.SYSCALL, spec.PRIV, spec.ILLEGAL, spec.BREAK
+TIMER_IRQ, DEVICE_IRQ = spec.TIMER_IRQ, spec.DEVICE_IRQ
 P_IRET, P_HALT, P_WFI, P_IN, P_OUT, P_GETPSW, P_SETPSW, P_GETBASE = (
     S.PROFILE + spec.PROFILE_INDEX[k] for k in spec.SIMPLE_PROFILE_KEYS
 )
@@ -72,7 +72,7 @@ assert all(spec.PROFILE_INDEX[f"mtcr.{n}"] + S.PROFILE == P_MTCR + i for i, n in
 # binary-rewriting support (isa/state.py; the reference core's _rw_* functions are the specification)
 F_REWRITE, RW_SHADOW, RW_FETCH, RW_VPEND, VCR0 = S.F_REWRITE, S.RW_SHADOW, S.RW_FETCH, S.RW_VPEND, S.VCR0
 EXIT_XLATE, EXIT_CALLOUT, RW_TWIN = S.EXIT_XLATE, S.EXIT_CALLOUT, S.RW_TWIN
-RW_OP_XLATE, RW_OP_CALLOUT, RW_OP_LAST = S.RW_OP_XLATE, S.RW_OP_CALLOUT, S.RW_OP_LAST
+RW_OP_XLATE, RW_OP_CALLOUT = S.RW_OP_XLATE, S.RW_OP_CALLOUT
 RW_RETIRE, RW_CALL_OUT = -1, -2  # what _rw_twin tells run to do (else: the cause of a trap)
 MAX_BUDGET = 1 << 62  # more steps than any run can take; keeps the step arithmetic far from overflow
 

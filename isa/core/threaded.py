@@ -59,17 +59,18 @@ _ALU: dict[str, Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]] = {
     "slt": lambda b, x, y: b.zext(b.icmp_signed("<", x, y), I32),
     "sltu": lambda b, x, y: b.zext(b.icmp_unsigned("<", x, y), I32),
 }
-# I-format: the R-format operation and whether the immediate is sign-extended.
+# I-format: the R-format operation and the mask that takes its immediate from the word (None: the low 16
+# bits sign-extended).
 _ALU_IMM = {
-    "addi": ("add", True),
-    "andi": ("and", False),
-    "ori": ("or", False),
-    "xori": ("xor", False),
-    "shli": ("shl", False),
-    "shri": ("shr", False),
-    "sari": ("sar", False),
-    "slti": ("slt", True),
-    "sltiu": ("sltu", True),
+    "addi": ("add", None),
+    "andi": ("and", 0xFFFF),
+    "ori": ("or", 0xFFFF),
+    "xori": ("xor", 0xFFFF),
+    "shli": ("shl", 31),
+    "shri": ("shr", 31),
+    "sari": ("sar", 31),
+    "slti": ("slt", None),
+    "sltiu": ("sltu", None),
 }
 _BRANCH: dict[str, Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]] = {
     "beq": lambda b, x, y: b.icmp_unsigned("==", x, y),
@@ -177,11 +178,14 @@ class _Loop:
         slot = b.gep(self.table, [_c64(0), b.zext(b.lshr(w, _c32(24)), I64)])
         self.jumps.append(b.branch_indirect(b.load(slot)))
 
-    def retire(self, npc: ir.Value) -> None:
-        """pc <- npc, one more instruction retired, then the next one."""
+    def retire(self, npc: ir.Value, then: ir.Block | None = None) -> None:
+        """pc <- npc, one more instruction retired, then the next one (or go to block ``then``)."""
         self.b.store(npc, self.v_pc)
         self.b.store(self.b.add(self.b.load(self.v_r), _c64(1)), self.v_r)
-        self.next()
+        if then is None:
+            self.next()
+        else:
+            self.b.branch(then)
 
     def handler(self, mnemonic: str) -> tuple[ir.Value, ir.Value]:
         """Open the block of ``mnemonic``; returns (the word, pc)."""
@@ -217,8 +221,9 @@ class _Loop:
         b.branch(self.start)
 
         b.position_at_end(self.start)
+        b.store(_c64(0), self.regs)  # after jalr r0: as the dispatch does
         with b.if_then(b.icmp_signed(">=", b.load(self.v_r), self.stop), likely=False):
-            b.branch(self.exit)
+            b.branch(self.exit_stop)
         pc = b.load(self.v_pc)
         self.trap_if(b.icmp_unsigned("!=", b.and_(pc, _c32(3)), _c32(0)), spec.ALIGN, lambda: pc)
         self.next()
@@ -228,11 +233,9 @@ class _Loop:
             self.check_stray(w, 0xFFF)
             self.set_reg(self.field(w, 20), op(b, self.reg(self.field(w, 16)), self.reg(self.field(w, 12))))
             self.retire(b.add(pc, _c32(4)))
-        for name, (alu, signed) in _ALU_IMM.items():
+        for name, (alu, mask) in _ALU_IMM.items():
             w, pc = self.handler(name)
-            imm = self.simm(w) if signed else b.and_(w, _c32(0xFFFF))
-            if alu in ("shl", "shr", "sar"):
-                imm = b.and_(w, _c32(31))
+            imm = self.simm(w) if mask is None else b.and_(w, _c32(mask))
             self.set_reg(self.field(w, 20), _ALU[alu](b, self.reg(self.field(w, 16)), imm))
             self.retire(b.add(pc, _c32(4)))
         self._divide()
@@ -280,10 +283,7 @@ class _Loop:
         target = b.add(self.reg(self.field(w, 16)), self.simm(w))  # before writing rd: jalr r1, 0(r1)
         self.set_reg(self.field(w, 20), b.add(pc, _c32(4)))
         with b.if_then(b.icmp_unsigned("!=", b.and_(target, _c32(3)), _c32(0)), likely=False):
-            b.store(target, self.v_pc)  # retire, then the fetch at the odd pc raises ALIGN
-            b.store(b.add(b.load(self.v_r), _c64(1)), self.v_r)
-            b.store(_c64(0), self.regs)
-            b.branch(self.start)
+            self.retire(target, then=self.start)  # the fetch at the odd pc raises ALIGN
         self.retire(target)
 
         b.position_at_end(self.illegal)
