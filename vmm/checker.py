@@ -1127,12 +1127,7 @@ def _program_t1(m: Model, form: Form, reason: tuple[str, str], control: bool) ->
     p.comment(f"Here the guest kernel runs it, which under the monitor means real user mode: {story}.")
     p.comment("r12 says how execution went on: " + ", ".join(f"{k} {v}" for k, v in MARKERS.items()) + ".")
     p.comment("Every entry at address 0 (reset, and each trap: ivt stays 0) is counted in r13.")
-    p.label("entry")
-    p.ins("ld", 13, 0, 0, "visits")
-    p.ins("addi", 13, 13, 0, 1)
-    p.ins("st", 13, 0, 0, "visits")
-    p.ins("addi", 10, 0, 0, 1)
-    p.ins("beq", 13, 10, 0, "start", "first entry: reset")
+    _count_entries(p, "first entry: reset")
     if fault:
         p.ins("addi", 10, 0, 0, 2)
         p.ins("beq", 13, 10, 0, "stage2", "second entry: the planned fault")
@@ -1183,6 +1178,17 @@ def _program_t1(m: Model, form: Form, reason: tuple[str, str], control: bool) ->
     p.word(0)
     text, image = p.build()
     return text, image, inp
+
+
+def _count_entries(p: _Program, note: str) -> None:
+    """The witnesses' entry at address 0 (reset, and every trap: ivt stays 0): count it in r13 and in
+    ``visits``; go on at ``start`` on the first, fall through on the others."""
+    p.label("entry")
+    p.ins("ld", 13, 0, 0, "visits")
+    p.ins("addi", 13, 13, 0, 1)
+    p.ins("st", 13, 0, 0, "visits")
+    p.ins("addi", 10, 0, 0, 1)
+    p.ins("beq", 13, 10, 0, "start", note)
 
 
 def _emit_step(p: _Program, m: Model, step: tuple) -> None:
@@ -1243,12 +1249,7 @@ def _program_t3(m: Model, form: Form, reason: tuple[str, str], control: bool) ->
     p.comment(f"The kernel (interpreted by the monitor) enters user mode, which runs directly: {story}.")
     p.comment("r12 says how the user code went on: " + ", ".join(f"{k} {v}" for k, v in MARKERS.items() if k != 3)
               + "; 0 if it never got that far.")  # fmt: skip
-    p.label("entry")
-    p.ins("ld", 13, 0, 0, "visits")
-    p.ins("addi", 13, 13, 0, 1)
-    p.ins("st", 13, 0, 0, "visits")
-    p.ins("addi", 10, 0, 0, 1)
-    p.ins("beq", 13, 10, 0, "start", "first entry: reset; later ones are traps (ivt stays 0)")
+    _count_entries(p, "first entry: reset; later ones are traps (ivt stays 0)")
     p.ins("jal", 0, 0, 0, "kernel")
     p.label("start")
     for name, value in setup:
