@@ -1,7 +1,7 @@
-"""Install-time build of the C core (native/core.c) through cffi; the project metadata lives in pyproject.toml.
+"""Install-time build of the C core (popek/cores/c/core.c) through cffi; the project metadata lives in pyproject.toml.
 
 The C core is optional: where no C compiler works, installation still succeeds with a warning, and
-``native.available()`` reports False with the reason (the reference and JIT cores need no compiler).
+``popek.cores.c.available()`` reports False with the reason (the reference and JIT cores need no compiler).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ class OptionalBuildExt(build_ext):
 
     def _skip(self, error: Exception) -> None:
         msg = (
-            f"WARNING: the C core (native._p32core) was not built: {error}\n"
+            f"WARNING: the C core (popek.cores.c._p32core) was not built: {error}\n"
             "WARNING: popek installs without it; the reference and JIT cores still work. "
             "Install a C compiler and reinstall to get it."
         )
         print(msg, file=sys.stderr)
 
 
-setup(cffi_modules=["native/build_core.py:ffibuilder"], cmdclass={"build_ext": OptionalBuildExt})
+setup(cffi_modules=["popek/cores/c/build_core.py:ffibuilder"], cmdclass={"build_ext": OptionalBuildExt})

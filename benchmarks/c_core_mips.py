@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from isa import state as S
-from isa.spec import BY_MNEMONIC, encode
+from popek.isa import state as S
+from popek.isa.spec import BY_MNEMONIC, encode
 
 SIEVE = 0x1000  # address of the flag array
 
@@ -100,18 +100,18 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
-    from isa.core import reference
+    from popek.cores import reference
 
     cores = [("reference", reference.run, args.reference_steps)]
-    import native
+    from popek.cores import c as c_core
 
-    if native.available():
-        cores.append(("c", native.run, 1 << 62))
+    if c_core.available():
+        cores.append(("c", c_core.run, 1 << 62))
     else:
-        print(f"C core unavailable: {native.unavailable_reason()}")
+        print(f"C core unavailable: {c_core.unavailable_reason()}")
     compile_s = None
     try:
-        from isa.core import jit
+        from popek.cores import jit
 
         t0 = time.perf_counter()
         time_run(jit.run, 100, 1, 1 << 62)  # compile (or load from the cache) once, apart from the timing
@@ -133,8 +133,8 @@ def main() -> None:
     full = [st for name, st in final.items() if name != "reference"]
     assert all(np.array_equal(full[0], st) for st in full), "the cores disagree on the final state"
     assert all(st[13] == 1229 for st in full) or args.n != 10000, "wrong prime count"
-    if native.available():  # the reference's partial run must match the C core's run of the same length
-        _, _, c_part = time_run(native.run, args.n, args.repeat, int(final["reference"][S.STEPS]))
+    if c_core.available():  # the reference's partial run must match the C core's run of the same length
+        _, _, c_part = time_run(c_core.run, args.n, args.repeat, int(final["reference"][S.STEPS]))
         assert np.array_equal(c_part, final["reference"]), "reference and C core disagree"
     ref_mips = rows[0]["mips"]
     print(f"sieve below {args.n}, {args.repeat} rounds ({int(rows[-1]['steps']):,} instructions per full run)")

@@ -28,9 +28,9 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from isa.asm import assemble_file  # noqa: E402
-from isa.core import CoreUnavailable, get_core  # noqa: E402
-from isa.machine import Machine  # noqa: E402
+from popek.cores import CoreUnavailable, get_core  # noqa: E402
+from popek.isa.asm import assemble_file  # noqa: E402
+from popek.isa.machine import Machine  # noqa: E402
 
 # name, source, defines for the fast cores, defines for the reference core
 PROGRAMS = [
@@ -39,7 +39,9 @@ PROGRAMS = [
     ("sort", "guests/programs/sort.s", {"COUNT": 3000}, {"COUNT": 200}),
     ("arith", "guests/programs/arith.s", {"ROUNDS": 2_000_000}, {"ROUNDS": 20_000}),
 ]
-WARMUP = "from isa.core import jit; import time; t = time.perf_counter(); jit.warmup(); print(time.perf_counter() - t)"
+WARMUP = (
+    "from popek.cores import jit; import time; t = time.perf_counter(); jit.warmup(); print(time.perf_counter() - t)"
+)
 
 
 def time_run(image: bytes, core: str) -> tuple[float, int, str]:

@@ -20,10 +20,10 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from isa.asm import assemble_file  # noqa: E402
-from isa.machine import Machine  # noqa: E402
-from vmm.host import GuestSpec, Host  # noqa: E402
-from vmm.monitors import MONITORS  # noqa: E402
+from popek.isa.asm import assemble_file  # noqa: E402
+from popek.isa.machine import Machine  # noqa: E402
+from popek.vmm.host import GuestSpec, Host  # noqa: E402
+from popek.vmm.monitors import MONITORS  # noqa: E402
 
 # (name, source, defines): the kernel, a CPU-bound, a system-call-heavy and a timer-heavy guest.
 WORKLOADS = [

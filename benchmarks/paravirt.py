@@ -21,10 +21,10 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from isa.asm import assemble_file  # noqa: E402
-from isa.machine import Machine  # noqa: E402
-from vmm.host import GuestSpec, Host  # noqa: E402
-from vmm.monitors.paravirt import Paravirt, ParavirtNoAssist  # noqa: E402
+from popek.isa.asm import assemble_file  # noqa: E402
+from popek.isa.machine import Machine  # noqa: E402
+from popek.vmm.host import GuestSpec, Host  # noqa: E402
+from popek.vmm.monitors.paravirt import Paravirt, ParavirtNoAssist  # noqa: E402
 
 # (name, native build, PV build)
 GUESTS = [

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
-from isa import spec
-from isa import state as S
-from isa.spec import BY_MNEMONIC, CR_NUMBER, INSNS, encode
+from popek.isa import spec
+from popek.isa import state as S
+from popek.isa.spec import BY_MNEMONIC, CR_NUMBER, INSNS, encode
 
 M32 = 0xFFFFFFFF
 CoreRun = Callable[[np.ndarray, np.ndarray, int], int]

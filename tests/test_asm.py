@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from isa.asm import AsmError, assemble, assemble_file
+from popek.isa.asm import AsmError, assemble, assemble_file
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "guests" / "programs"
 

@@ -1,4 +1,4 @@
-"""The C core (native/core.c) against the reference core, and the JIT core where it imports.
+"""The C core (popek/cores/c/core.c) against the reference core, and the JIT core where it imports.
 
 The differential tests run random programs from random machine states under random profiles on every core
 and require identical exit codes, states and memory after every call, including the host's part of the
@@ -17,29 +17,29 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-import native
-from isa import spec
-from isa import state as S
-from isa.core import reference
-from isa.spec import BY_MNEMONIC, encode
+from popek.cores import c as c_core
+from popek.cores import reference
+from popek.isa import spec
+from popek.isa import state as S
+from popek.isa.spec import BY_MNEMONIC, encode
 from tests.strategies import BUDGETS, Machine, differential_run, load, machines, sieve_program
 
-needs_c = pytest.mark.skipif(not native.available(), reason=f"C core unavailable: {native.unavailable_reason()}")
+needs_c = pytest.mark.skipif(not c_core.available(), reason=f"C core unavailable: {c_core.unavailable_reason()}")
 
 try:
-    from isa.core import jit as _jit
+    from popek.cores import jit as _jit
 
     JIT_RUN = _jit.run
 except Exception:  # the JIT core is optional here: compare with it only where it imports
     JIT_RUN = None
 
-NATIVE = Path(native.__file__).resolve().parent
+NATIVE = Path(c_core.__file__).resolve().parent
 M32 = S.MASK32
 
 
 def cores() -> list[tuple[str, object]]:
     """The cores to compare with the reference: always C, and the JIT core when it imports."""
-    out = [("c", native.run)]
+    out = [("c", c_core.run)]
     if JIT_RUN is not None:
         out.append(("jit", JIT_RUN))
     return out
@@ -70,7 +70,7 @@ def test_header_constants_match_python() -> None:
     consts = _header_constants()
     for name, value in consts.items():
         assert value == _python_value(name), name
-    # every slot, flag and exit code of isa/state.py is mirrored
+    # every slot, flag and exit code of popek/isa/state.py is mirrored
     wanted = [n for n in dir(S) if n.isupper() and isinstance(getattr(S, n), int) and n != "MASK32"]
     assert sorted(n for n in wanted if f"P32_{n}" not in consts) == []
     assert all(consts["P32_K_MFCR"] + i == spec.PROFILE_INDEX[f"mfcr.{cr}"] for i, cr in enumerate(spec.CR_NAMES))
@@ -80,7 +80,7 @@ def test_header_constants_match_python() -> None:
 @needs_c
 def test_c_constants_match_python() -> None:
     """The constants as compiled into the extension module are the header's (so, Python's)."""
-    assert native.constants() == _header_constants()
+    assert c_core.constants() == _header_constants()
 
 
 def test_c_opcode_table_matches_spec() -> None:
@@ -242,12 +242,12 @@ def test_split_run_equals_one_run(m: tuple[np.ndarray, np.ndarray], budget: int,
     state, mem = m
     state[S.FLAGS] = 0  # no host exits other than I/O, idle and halt
     one_state, one_mem = state.copy(), mem.copy()
-    code_one = native.run(one_state, one_mem, budget)
+    code_one = c_core.run(one_state, one_mem, budget)
     two_state, two_mem = state.copy(), mem.copy()
     first = min(cut, budget)
-    code = native.run(two_state, two_mem, first)
+    code = c_core.run(two_state, two_mem, first)
     if code == S.EXIT_BUDGET:
-        code = native.run(two_state, two_mem, budget - first)
+        code = c_core.run(two_state, two_mem, budget - first)
     assert code == code_one
     assert np.array_equal(one_state, two_state) and np.array_equal(one_mem, two_mem)
 
@@ -259,7 +259,7 @@ VALUES = st.lists(st.integers(0, M32), min_size=1, max_size=4)
 @given(machines(), BUDGETS, VALUES)
 def test_shared_random_machines_match_reference(m: Machine, budgets: list[int], values: list[int]) -> None:
     """The machines of tests/strategies.py (wild windows, vectors, profiles, host actions) on the C core."""
-    differential_run(m, budgets, values, native.run, reference.run)
+    differential_run(m, budgets, values, c_core.run, reference.run)
 
 
 @needs_c
@@ -270,8 +270,8 @@ def test_long_sieve_counts_primes_and_matches_jit() -> None:
     state = S.new_state(len(mem))
     m = Machine(state, mem)
     if JIT_RUN is not None:
-        differential_run(m, [50_000, 1 << 30], [0], native.run, JIT_RUN)
-    assert native.run(state, mem, 1 << 30) == S.EXIT_HALT
+        differential_run(m, [50_000, 1 << 30], [0], c_core.run, JIT_RUN)
+    assert c_core.run(state, mem, 1 << 30) == S.EXIT_HALT
     assert state[9] == 564 + 2  # pi(4096) = 564, plus the two flags of 0 and 1
 
 
@@ -377,7 +377,7 @@ CASES = {
 @pytest.mark.parametrize("profile", ["classic", "x86like", "all-execute", "all-ignore"])
 @pytest.mark.parametrize("flags", [0, S.F_TRAPS_TO_HOST | S.F_HCALL_TO_HOST])
 def test_hand_written_cases_agree(name: str, profile: str, flags: int) -> None:
-    from isa.profiles import load_profile
+    from popek.isa.profiles import load_profile
 
     if profile.startswith("all-"):
         prof = np.full(len(spec.PROFILE_KEYS), spec.EXECUTE if profile == "all-execute" else spec.IGNORE)
@@ -396,7 +396,7 @@ def test_hand_written_cases_agree(name: str, profile: str, flags: int) -> None:
 def test_wfi_skips_ahead_exactly() -> None:
     mem = assemble(addi(1, 0, 50), ("mtcr", 1, 0, 0, spec.CR_TIMER), ("wfi", 0, 0, 0, 0), HALT)
     state = S.new_state(len(mem))
-    assert native.run(state, mem, 100) == S.EXIT_HALT
+    assert c_core.run(state, mem, 100) == S.EXIT_HALT
     assert state[S.CYCLE] == 2 + 51 + 1 and state[S.STEPS] == 4 and state[S.PENDING] == S.PEND_TIMER
 
 
@@ -404,27 +404,27 @@ def test_wfi_skips_ahead_exactly() -> None:
 def test_endless_wfi_exits_idle() -> None:
     mem = assemble(("wfi", 0, 0, 0, 0))
     state = S.new_state(len(mem))
-    assert native.run(state, mem, 100) == S.EXIT_IDLE and state[S.PC] == 0 and state[S.STEPS] == 0
+    assert c_core.run(state, mem, 100) == S.EXIT_IDLE and state[S.PC] == 0 and state[S.STEPS] == 0
 
 
 @needs_c
 def test_run_rejects_wrong_buffers() -> None:
     mem = np.zeros(64, dtype=np.uint8)
     with pytest.raises(ValueError):
-        native.run(np.zeros(S.NSLOTS, dtype=np.int32), mem, 1)
+        c_core.run(np.zeros(S.NSLOTS, dtype=np.int32), mem, 1)
     with pytest.raises(ValueError):
-        native.run(S.new_state(64), np.zeros(64, dtype=np.int8), 1)
+        c_core.run(S.new_state(64), np.zeros(64, dtype=np.int8), 1)
     with pytest.raises(ValueError):
-        native.run(S.new_state(64), np.zeros(128, dtype=np.uint8)[::2], 1)  # not contiguous
+        c_core.run(S.new_state(64), np.zeros(128, dtype=np.uint8)[::2], 1)  # not contiguous
     state = S.new_state(64)
     state.flags.writeable = False
     with pytest.raises((ValueError, TypeError)):
-        native.run(state, mem, 1)
+        c_core.run(state, mem, 1)
 
 
 @needs_c
 def test_run_writes_in_place_without_copies() -> None:
     mem = assemble(addi(1, 0, 7), ("stb", 1, 0, 0, 0x80), HALT)
     state = S.new_state(len(mem))
-    assert native.run(state, mem, 10) == S.EXIT_HALT
+    assert c_core.run(state, mem, 10) == S.EXIT_HALT
     assert state[1] == 7 and mem[0x80] == 7 and state[S.STATUS] == 7

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vmm.cli import main as popek
+from popek.cli import main as popek
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isa.asm import assemble_file
-from isa.core import CoreUnavailable, get_core
-from isa.machine import Machine
+from popek.cores import CoreUnavailable, get_core
+from popek.isa.asm import assemble_file
+from popek.isa.machine import Machine
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"
 BUILDS = sorted(

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from isa import spec
-from isa.asm import assemble
-from isa.disasm import disassemble, disassemble_word
+from popek.isa import spec
+from popek.isa.asm import assemble
+from popek.isa.disasm import disassemble, disassemble_word
 
 REGISTER_OPERANDS = {"rd", "rs", "rs1", "rs2", "mem"}  # each takes the next of the a, b, c fields
 

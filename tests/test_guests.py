@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isa import state as S
-from isa.asm import Program, assemble_file
-from isa.machine import Machine, RunResult
-from isa.spec import BY_MNEMONIC, CR_NUMBER, DIVZERO, MEM_FAULT, PRIV, decode, encode
-from vmm.host import GuestSpec, Host
+from popek.isa import state as S
+from popek.isa.asm import Program, assemble_file
+from popek.isa.machine import Machine, RunResult
+from popek.isa.spec import BY_MNEMONIC, CR_NUMBER, DIVZERO, MEM_FAULT, PRIV, decode, encode
+from popek.vmm.host import GuestSpec, Host
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"
 TRAPDEMO = GUESTS / "programs" / "trapdemo.s"

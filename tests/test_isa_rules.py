@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from isa import spec
-from isa import state as S
-from isa.core import CoreUnavailable, get_core
-from isa.profiles import apply_overrides, load_profile
-from isa.spec import BY_MNEMONIC, encode
+from popek.cores import CoreUnavailable, get_core
+from popek.isa import spec
+from popek.isa import state as S
+from popek.isa.profiles import apply_overrides, load_profile
+from popek.isa.spec import BY_MNEMONIC, encode
 
 MEMSIZE = 4096
 IVT = 0x800  # every test puts a halt there, so a trap ends the run

@@ -1,4 +1,4 @@
-"""The JIT core (isa/core/jit.py) against the reference core: same exit codes, state and memory, always."""
+"""The JIT core (popek/cores/jit.py) against the reference core: same exit codes, state and memory, always."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from isa import spec
-from isa import state as S
-from isa.core import jit, reference
-from isa.spec import CR_NUMBER
+from popek.cores import jit, reference
+from popek.isa import spec
+from popek.isa import state as S
+from popek.isa.spec import CR_NUMBER
 from tests.strategies import (
     BUDGETS,
     Machine,
@@ -313,7 +313,7 @@ def test_second_process_loads_from_cache() -> None:
     jit.warmup()  # compiled (and saved) in this process, if it was not already cached
     code = textwrap.dedent(
         """
-        from isa.core import jit
+        from popek.cores import jit
         jit.warmup()
         print(len(jit.run.stats.cache_hits), len(jit.run.stats.cache_misses))
         """

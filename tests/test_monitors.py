@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from isa import state as S
-from isa.asm import assemble_file
-from isa.machine import Machine
-from isa.spec import CR_NUMBER, PSW_IE, PSW_S
+from popek.cli import main as popek
+from popek.isa import state as S
+from popek.isa.asm import assemble_file
+from popek.isa.machine import Machine
+from popek.isa.spec import CR_NUMBER, PSW_IE, PSW_S
+from popek.vmm.host import GuestSpec, Host
 from tests.strategies import Prog, instruction_words, skip_handler
-from vmm.cli import main as popek
-from vmm.host import GuestSpec, Host
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"
 MEMSIZE = 8192
@@ -158,7 +158,7 @@ def test_host_refuses_a_guest_direct_execution_cannot_confine(tmp_path: Path) ->
     Host([GuestSpec("a", hello, "full", str(leaky)), GuestSpec("b", hello, "trap")], "jit")  # interpreted: safe
     # user mode sets S, raises its bound and stores one past its slice: alone it harms nobody but itself
     src = "addi r2, r0, 1\nsetpsw r2\naddi r3, r0, -1\nmtcr bound, r3\nlui r3, 0x10\nstb r2, 0(r3)\nhalt\n"
-    from isa.asm import assemble
+    from popek.isa.asm import assemble
 
     image = bytearray(1 << 20)
     user = assemble(src).image

@@ -22,27 +22,27 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import native
-from isa import spec
-from isa import state as S
-from isa.asm import Program, assemble, assemble_file
-from isa.core import jit, reference
-from isa.machine import Machine as BareMachine
-from isa.spec import ILLEGAL, MEM_FAULT, PSW_IE, PSW_S, SYSCALL, TIMER_IRQ, decode
+from popek.cli import main as popek
+from popek.cores import c as c_core
+from popek.cores import jit, reference
+from popek.isa import spec
+from popek.isa import state as S
+from popek.isa.asm import Program, assemble, assemble_file
+from popek.isa.machine import Machine as BareMachine
+from popek.isa.spec import ILLEGAL, MEM_FAULT, PSW_IE, PSW_S, SYSCALL, TIMER_IRQ, decode
+from popek.vmm import monitors
+from popek.vmm.host import GuestSpec, Host
+from popek.vmm.monitors import paravirt as pv
 from tests.strategies import BUDGETS, Machine, assert_same, differential_run, instruction_words, load, machines
 from tests.test_monitors import GUEST_FILES, assert_equivalent, bare_run, vm_run
-from vmm import monitors
-from vmm.cli import main as popek
-from vmm.host import GuestSpec, Host
-from vmm.monitors import paravirt as pv
 
 ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "guests"
 KERNEL = GUESTS / "kernel" / "kernel.s"
 HAL_DIR = GUESTS / "kernel"
 M32 = S.MASK32
-CORES = [("jit", jit.run)] + ([("c", native.run)] if native.available() else [])
-CORE_NAMES = ["reference", "jit"] + (["c"] if native.available() else [])
+CORES = [("jit", jit.run)] + ([("c", c_core.run)] if c_core.available() else [])
+CORE_NAMES = ["reference", "jit"] + (["c"] if c_core.available() else [])
 VALUES = st.lists(st.integers(0, M32), min_size=1, max_size=4)
 
 

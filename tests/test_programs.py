@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from isa.asm import assemble_file
-from isa.machine import Machine
+from popek.isa.asm import assemble_file
+from popek.isa.machine import Machine
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "guests" / "programs"
 

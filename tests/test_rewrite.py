@@ -16,17 +16,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import native
-from isa import spec
-from isa import state as S
-from isa.asm import assemble, assemble_file
-from isa.core import jit, reference
-from isa.profiles import load_profile
-from isa.spec import BY_MNEMONIC, CR_NUMBER, PSW_IE, PSW_S, encode
+from popek.cores import c as c_core
+from popek.cores import jit, reference
+from popek.isa import spec
+from popek.isa import state as S
+from popek.isa.asm import assemble, assemble_file
+from popek.isa.profiles import load_profile
+from popek.isa.spec import BY_MNEMONIC, CR_NUMBER, PSW_IE, PSW_S, encode
+from popek.vmm.host import MONITOR_RESERVED, GuestSpec, Host
+from popek.vmm.monitors.rewrite import PAGE, BinaryRewriting, listing, plan_for
 from tests.strategies import Machine, host_action, load, machines
 from tests.test_monitors import GUEST_FILES, MEMSIZE, assert_equivalent, bare_run, guest_programs
-from vmm.host import MONITOR_RESERVED, GuestSpec, Host
-from vmm.monitors.rewrite import PAGE, BinaryRewriting, listing, plan_for
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"
 M32 = S.MASK32
@@ -50,8 +50,8 @@ def twin(word: int) -> int:
 def other_cores() -> list[tuple[str, object]]:
     """The cores held to the reference: JIT, and C where it is built."""
     out: list[tuple[str, object]] = [("jit", jit.run)]
-    if native.available():
-        out.append(("c", native.run))
+    if c_core.available():
+        out.append(("c", c_core.run))
     return out
 
 
@@ -159,7 +159,7 @@ def rw_machine(code: list[int], shadow: list[int] | None = None, fetch: int = 1,
     state[S.RW_SHADOW], state[S.RW_FETCH] = D, fetch
     state[S.PSW] = 0  # the guest kernel runs in real user mode; its virtual mode is VCR psw
     state[S.VCR0 + spec.CR_PSW] = PSW_S
-    for name, value in slots.items():  # r1=..., vcr_epc=..., or a slot name of isa/state.py
+    for name, value in slots.items():  # r1=..., vcr_epc=..., or a slot name of popek/isa/state.py
         if name.startswith("vcr_"):
             state[S.VCR0 + CR_NUMBER[name[4:]]] = value
         elif name[0] == "r" and name[1:].isdigit():
@@ -327,7 +327,7 @@ def test_guests_match_the_bare_machine(path: str, profile: str) -> None:
 def test_kernel_to_the_end_on_both_profiles_and_the_c_core() -> None:
     image = assemble_file(str(GUESTS / "kernel/kernel.s")).image
     for profile, core in (("classic", "jit"), ("x86like", "jit"), ("x86like", "c")):
-        if core == "c" and not native.available():
+        if core == "c" and not c_core.available():
             continue
         bare = bare_run(image, profile, 5_000_000, 1 << 20)
         assert bare.halted

@@ -1,0 +1,313 @@
+"""The ``popek`` command: assemble, disassemble, run guests on the bare machine or under a monitor, host several."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from popek import guests
+from popek.cores import CORE_NAMES, CoreUnavailable
+from popek.isa import state as S
+from popek.isa.machine import DEFAULT_CORE, DEFAULT_MEMSIZE, Machine, RunResult, cause_name, parse_size
+from popek.isa.profiles import ProfileError, load_profile
+from popek.isa.spec import PSW_S
+
+EXIT_LIMIT = 124  # the guest did not halt within --max-steps
+EXIT_STUCK = 125  # the guest stopped in an endless wfi or the core failed
+PROGRAMS = guests.path("programs")
+
+
+class UsageError(Exception):
+    """A mistake on the command line or in an input file: printed as one line, exit status 2."""
+
+
+def load_program(path: str, defines: dict[str, int] | None = None) -> tuple[bytes, dict[str, int]]:
+    """Read a guest: assemble a ``.s`` file, or read a flat binary image; return (image, symbols)."""
+    from popek.isa.asm import assemble_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{path}: {'not a regular file' if p.exists() else 'no such file'}")
+    if p.suffix.lower() in (".s", ".asm"):
+        program = assemble_file(str(p), defines=defines)
+        return program.image, program.symbols
+    return p.read_bytes(), {}
+
+
+def _defines(items: list[str]) -> dict[str, int]:
+    out = {}
+    for item in items or []:
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = int(value, 0) if value else 1
+        except ValueError:
+            raise UsageError(f"--define {item}: the value must be an integer") from None
+    return out
+
+
+# --- asm / disasm -------------------------------------------------------------------------------------
+def cmd_asm(args: argparse.Namespace) -> int:
+    """popek asm: assemble a source file into a flat image."""
+    from popek.isa.asm import assemble_file
+
+    program = assemble_file(args.file, defines=_defines(args.define))
+    out = Path(args.output or Path(args.file).with_suffix(".bin"))
+    out.write_bytes(program.image)
+    if args.listing:
+        print(program.format_listing())
+    if args.symbols:
+        for name, value in sorted(program.symbols.items(), key=lambda kv: (kv[1], kv[0])):
+            print(f"{value:08x} {name}")
+    print(f"{out}: {len(program.image)} bytes", file=sys.stderr)
+    return 0
+
+
+def cmd_disasm(args: argparse.Namespace) -> int:
+    """popek disasm: disassemble an image (or a source file, after assembling it)."""
+    from popek.isa.disasm import disassemble
+
+    image, symbols = load_program(args.file, _defines(args.define))
+    print(disassemble(image, 0, symbols), end="")
+    return 0
+
+
+# --- run ------------------------------------------------------------------------------------------------
+def _trace_step(machine: Machine, before: np.ndarray) -> None:
+    from popek.isa.disasm import disassemble_word
+
+    after = machine.state
+    if after[S.CYCLE] != before[S.CYCLE]:  # an instruction retired
+        pc, base = int(before[S.PC]), int(before[S.BASE])
+        word = int.from_bytes(machine.mem[base + pc : base + pc + 4].tobytes(), "little")
+        mode = "S" if before[S.PSW] & PSW_S else "U"
+        print(f"{int(before[S.CYCLE]):>10} {mode} {pc:08x}: {word:08x}  {disassemble_word(word, pc)}")
+    elif after[S.STEPS] != before[S.STEPS]:  # a trap or interrupt was taken
+        cause = int(after[S.CAUSE])
+        print(
+            f"{'':>10} ---- trap {cause_name(cause)} ({cause}) at epc={int(after[S.EPC]):08x} "
+            f"badaddr={int(after[S.BADADDR]):#x} -> {int(after[S.PC]):08x}"
+        )
+
+
+def _print_stats(result: RunResult, wall: float) -> None:
+    st = result.stats
+    print(f"--- {st.get('monitor', 'bare')}: {result.steps} steps, cycle {st['cycle']}, {wall:.3f} s", file=sys.stderr)
+    if "exits" in st:
+        exits = ", ".join(f"{k} {v}" for k, v in sorted(st["exits"].items(), key=lambda kv: -kv[1])) or "none"
+        print(f"    exits: {st['total_exits']} ({exits})", file=sys.stderr)
+        print(
+            f"    emulated {st['emulated']}, reflected {st['reflected']}, injected {st['injected']}, "
+            f"time in monitor {st['monitor_seconds']:.3f} s",
+            file=sys.stderr,
+        )
+        extra = {k: v for k, v in st.items() if k not in _BASE_STATS}
+        if extra:
+            print("    " + ", ".join(f"{k} {v}" for k, v in extra.items()), file=sys.stderr)
+    else:
+        print(f"    io exits {st['io_exits']}", file=sys.stderr)
+
+
+_BASE_STATS = {"monitor", "cycle", "exits", "total_exits", "emulated", "reflected", "injected", "monitor_seconds"}
+
+
+def run_guest(args: argparse.Namespace) -> RunResult:
+    """Run one guest as the ``run`` options say, on the bare machine or under a monitor."""
+    image, _ = load_program(args.file, _defines(args.define))
+    memsize = parse_size(args.mem)
+    console_input = args.input.encode() if args.input else b""
+    if args.monitor == "bare":
+        machine = Machine(memsize, args.profile, args.core, console_input)
+        machine.load(image)
+        return machine.run(args.max_steps, _trace_step if args.trace else None)
+    if args.trace:
+        raise UsageError("--trace is available on the bare machine (--monitor bare)")
+    from popek.vmm.host import GuestSpec, Host
+
+    host = Host([GuestSpec(Path(args.file).stem, image, args.monitor, args.profile, memsize, console_input)], args.core)
+    return host.run(args.max_steps)[0]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """popek run: run a guest to halt and exit with its status."""
+    t0 = time.perf_counter()
+    result = run_guest(args)
+    wall = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        sys.stdout.write(result.console)
+        sys.stdout.flush()
+    if result.message:
+        print(f"popek: {result.message}", file=sys.stderr)
+    if args.stats:
+        _print_stats(result, wall)
+    if result.halted:
+        return result.status
+    return EXIT_LIMIT if result.exit == "limit" else EXIT_STUCK
+
+
+# --- host -----------------------------------------------------------------------------------------------
+def cmd_host(args: argparse.Namespace) -> int:
+    """popek host: run several guests at once, each in its own VM."""
+    from popek.vmm.host import GuestSpec, Host
+
+    specs, names = [], []
+    for i, item in enumerate(args.guests):
+        path, monitor, profile = (item.split(":") + ["", ""])[:3]
+        name = f"{Path(path).stem}-{i + 1}" if len(args.guests) > 1 else Path(path).stem
+        image, _ = load_program(path, _defines(args.define))
+        specs.append(GuestSpec(name, image, monitor or "trap", profile or None, parse_size(args.mem)))
+        names.append(name)
+    host = Host(specs, args.core)
+    results = host.run(args.max_steps, args.slice)
+    width = max(len(n) for n in names)
+    if args.json:
+        print(json.dumps({n: r.to_json() for n, r in zip(names, results, strict=True)}))
+    else:
+        for name, r in zip(names, results, strict=True):
+            for line in r.console.splitlines() or [""]:
+                print(f"{name:<{width}} | {line}")
+        _print_host_table(names, results)
+    return 0 if all(r.halted for r in results) else 1
+
+
+def _print_host_table(names: list[str], results: list[RunResult]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="VMs")
+    for col in ("vm", "monitor", "exit", "status", "guest steps", "exits", "emulated", "reflected", "injected"):
+        table.add_column(col, justify="left" if col in ("vm", "monitor", "exit") else "right")
+    for name, r in zip(names, results, strict=True):
+        st = r.stats
+        table.add_row(name, st["monitor"], r.exit, str(r.status), str(r.steps), str(st["total_exits"]),
+                      str(st["emulated"]), str(st["reflected"]), str(st["injected"]))  # fmt: skip
+    Console(stderr=True).print(table)
+
+
+# --- check ----------------------------------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    """popek check: the Popek-Goldberg verdicts for a profile, with a witness program per violation."""
+    from popek.vmm import checker
+
+    return checker.main(args.profile, as_json=args.json, programs=args.programs, core=args.core)
+
+
+# --- demo -----------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    """popek demo: a short tour on the bundled programs."""
+    from popek.vmm import demo
+
+    return demo.tour(core=args.core)
+
+
+# --- main -----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``popek``."""
+    from popek.vmm.monitors import MONITORS
+
+    p = argparse.ArgumentParser(prog="popek", description="A laboratory for machine virtualization on P32.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-D", "--define", action="append", metavar="NAME=VALUE", help="predefine an assembler symbol")
+
+    a = sub.add_parser("asm", help="assemble a source file")
+    a.add_argument("file")
+    a.add_argument("-o", "--output", help="output image (default: FILE.bin)")
+    a.add_argument("--listing", action="store_true", help="print address, word and source line")
+    a.add_argument("--symbols", action="store_true", help="print the symbol table")
+    common(a)
+    a.set_defaults(fn=cmd_asm)
+
+    d = sub.add_parser("disasm", help="disassemble an image or a source file")
+    d.add_argument("file")
+    common(d)
+    d.set_defaults(fn=cmd_disasm)
+
+    def machine_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--core", default=DEFAULT_CORE, choices=CORE_NAMES, help=f"default {DEFAULT_CORE}")
+        sp.add_argument("--mem", default=str(DEFAULT_MEMSIZE), help="memory size per machine: 65536, 64K, 4M...")
+        sp.add_argument("--max-steps", type=int, default=100_000_000, help="stop a guest after this many steps")
+        common(sp)
+
+    r = sub.add_parser("run", help="run a guest program")
+    r.add_argument("file")
+    r.add_argument("--profile", default="classic", help="classic, x86like or a profile .toml file")
+    r.add_argument("--monitor", default="bare", choices=["bare", *MONITORS], help="bare machine or a monitor")
+    r.add_argument("--trace", action="store_true", help="print each instruction and trap (bare machine)")
+    r.add_argument("--stats", action="store_true", help="print statistics to stderr")
+    r.add_argument("--json", action="store_true", help="print one JSON object instead of the console")
+    r.add_argument("--input", help="bytes for the console to read")
+    machine_options(r)
+    r.set_defaults(fn=cmd_run)
+
+    h = sub.add_parser("host", help="run several guests at once, GUEST[:MONITOR[:PROFILE]] each")
+    h.add_argument("guests", nargs="+", metavar="GUEST[:MONITOR[:PROFILE]]")
+    h.add_argument("--slice", type=int, default=100_000, help="guest steps per scheduling slice")
+    h.add_argument("--json", action="store_true", help="print one JSON object keyed by VM name")
+    machine_options(h)
+    h.set_defaults(fn=cmd_host)
+
+    c = sub.add_parser("check", help="decide Popek-Goldberg's Theorems 1 and 3 for a profile, with witnesses")
+    c.add_argument("--profile", default="classic", help="classic, x86like or a profile .toml file")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--programs", action="store_true", help="print the source of every witness")
+    c.add_argument("--core", default="reference", choices=CORE_NAMES, help="core that runs the witnesses")
+    c.set_defaults(fn=cmd_check)
+
+    de = sub.add_parser("demo", help="a short tour on bundled programs")
+    de.add_argument("--core", default=DEFAULT_CORE, choices=CORE_NAMES)
+    de.set_defaults(fn=cmd_demo)
+    return p
+
+
+def _load_jit_core() -> None:
+    """Compile the JIT core, or load it from the cache; say so when it takes long (the first run only)."""
+    from popek.cores import jit
+
+    note = threading.Timer(1.5, print, ["popek: compiling the JIT core (once: later runs load it from a cache)"],
+                           {"file": sys.stderr, "flush": True})  # fmt: skip
+    note.daemon = True
+    note.start()
+    try:
+        jit.warmup()
+    finally:
+        note.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``popek`` command."""
+    from popek.isa.asm import AsmError
+
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "profile", None):
+            load_profile(args.profile)  # report a bad profile before anything runs
+        if getattr(args, "core", None) == "jit":
+            _load_jit_core()
+        return args.fn(args)
+    except AsmError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except (UsageError, ProfileError, CoreUnavailable, ValueError) as e:
+        print(f"popek: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except OSError as e:  # an input that cannot be read, an output that cannot be written
+        print(f"popek: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("popek: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

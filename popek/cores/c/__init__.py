@@ -1,0 +1,75 @@
+"""The C core: popek/cores/c/core.c, built at install time by cffi as ``popek.cores.c._p32core``.
+
+Same contract as popek/cores/reference.py: ``run(state, mem, budget) -> exit code`` over the flat state of
+popek/isa/state.py. The numpy buffers are handed to C without copies. Where the extension could not be built
+(no C compiler at install time), ``available()`` is False and ``unavailable_reason()`` says why.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from popek.cores.contract import CoreUnavailable
+from popek.isa.state import NSLOTS
+
+try:
+    from popek.cores.c._p32core import ffi, lib
+except ImportError as _e:  # not built: no compiler at install time, or not installed at all
+    ffi = lib = None
+    _REASON = (
+        f"the extension module popek.cores.c._p32core is not built ({_e}); install a C compiler and reinstall popek"
+    )
+else:
+    _REASON = ""
+
+_MAX_BUDGET = (1 << 63) - 1
+
+
+def available() -> bool:
+    """True when the compiled C core can be used."""
+    return lib is not None
+
+
+def unavailable_reason() -> str:
+    """Why the C core is unavailable ('' when it is available)."""
+    return _REASON
+
+
+def constants() -> dict[str, int]:
+    """Every ``P32_*`` constant of popek/cores/c/core.h, as compiled into the extension."""
+    if lib is None:
+        raise CoreUnavailable(f"the C core is unavailable: {_REASON}")
+    return {name: getattr(lib, name) for name in dir(lib) if name.startswith("P32_")}
+
+
+# Arrays already handed to C: id -> (weak reference, pointer, length). Taking a numpy array's buffer costs
+# more than a short run, so each array is bound once; the weak reference tells a live array from a new one
+# that reuses a dead array's id, and the length check catches an array resized since.
+_bound: dict[int, tuple[weakref.ref, object, int]] = {}
+_I64, _U8 = np.dtype(np.int64), np.dtype(np.uint8)
+
+
+def _bind(arr: np.ndarray, ctype: str, dtype: np.dtype, min_len: int, what: str) -> tuple[weakref.ref, object, int]:
+    if lib is None:
+        raise CoreUnavailable(f"the C core is unavailable: {_REASON}")
+    if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.ndim != 1 or len(arr) < min_len:
+        raise ValueError(f"{what} must be a 1-D {dtype} numpy array of at least {min_len} elements")
+    # from_buffer refuses non-contiguous and read-only arrays, so C always writes into the caller's array.
+    ptr = ffi.cast(ctype + " *", ffi.from_buffer(ctype + "[]", arr, require_writable=True))
+    if len(_bound) >= 64:
+        _bound.clear()
+    entry = _bound[id(arr)] = (weakref.ref(arr), ptr, len(arr))
+    return entry
+
+
+def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
+    """Run at most ``budget`` steps of the machine in ``state``/``mem`` on the C core; return the exit code."""
+    s = _bound.get(id(state))
+    if s is None or s[0]() is not state or s[2] != len(state):
+        s = _bind(state, "int64_t", _I64, NSLOTS, "state")
+    m = _bound.get(id(mem))
+    if m is None or m[0]() is not mem or m[2] != len(mem):
+        m = _bind(mem, "uint8_t", _U8, 0, "mem")
+    return lib.p32_run(s[1], m[1], m[2], budget if budget < _MAX_BUDGET else _MAX_BUDGET)

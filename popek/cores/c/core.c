@@ -1,0 +1,765 @@
+/* The P32 C core: an interpreter with exactly the semantics of popek/cores/reference.py.
+ *
+ * p32_run() copies the hot part of the state (registers, pc, psw, R, pending) into locals, runs up to
+ * `budget` steps with one dispatch per instruction (computed goto under GCC and Clang, a switch elsewhere),
+ * and writes the locals back on every exit.  Rarely used control registers stay in the state array.
+ *
+ * Time is lazy, so the fast path of a step is one comparison, one bounds check, a fetch and a dispatch:
+ *  - `ret` counts the instructions retired in this call; cycle = cbase + ret;
+ *  - a running timer is kept as the value of `ret` at which it reaches zero (`tdead`);
+ *  - `stop` = min(the budget, tdead): reaching it, or anything that may make an interrupt deliverable or pc
+ *    misaligned (mtcr, setpsw, iret, wfi, jalr to an odd target, a trap, entry), goes through the slow
+ *    path, which expires the timer, checks the budget, takes an interrupt and checks pc's alignment.
+ * Nothing a guest does can make it read or write outside `mem`: every access is checked against the
+ * relocation window, which is clamped to the memory size.
+ *
+ * Values follow the state's conventions (popek/isa/state.py): 32-bit quantities are stored unsigned (a state
+ * outside that contract, such as a negative timer, is not mirrored).  psw, base, bound and pending are
+ * kept as the raw int64 the state holds, because the reference core copies them between slots unmasked
+ * (a trap saves psw/base/bound as they are; bound becomes memsize).
+ */
+#include "core.h"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+#ifndef P32_NO_COMPUTED_GOTO
+#define P32_COMPUTED_GOTO 1
+#endif
+#else
+#define LIKELY(x) (x)
+#define UNLIKELY(x) (x)
+#endif
+
+static inline uint32_t load32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline void store32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+/* Every instruction: opcode and handler name.  Drives the dispatch table. */
+#define P32_OPS(X)                                                                                          \
+    X(0x01, add) X(0x02, sub) X(0x03, and) X(0x04, or) X(0x05, xor) X(0x06, shl) X(0x07, shr) X(0x08, sar)  \
+    X(0x09, mul) X(0x0A, div) X(0x0B, divu) X(0x0C, rem) X(0x0D, remu) X(0x0E, slt) X(0x0F, sltu)           \
+    X(0x10, lui) X(0x11, addi) X(0x13, andi) X(0x14, ori) X(0x15, xori) X(0x16, shli) X(0x17, shri)         \
+    X(0x18, sari) X(0x1E, slti) X(0x1F, sltiu)                                                              \
+    X(0x20, ld) X(0x21, ldb) X(0x22, ldbu) X(0x24, st) X(0x25, stb)                                         \
+    X(0x30, beq) X(0x31, bne) X(0x32, blt) X(0x33, bge) X(0x34, bltu) X(0x35, bgeu) X(0x38, jal)            \
+    X(0x39, jalr)                                                                                           \
+    X(0x40, syscall) X(0x41, brk) X(0x42, hcall)                                                            \
+    X(0x48, iret) X(0x49, halt) X(0x4A, wfi) X(0x4B, mfcr) X(0x4C, mtcr) X(0x4D, in) X(0x4E, out)           \
+    X(0x50, getpsw) X(0x51, setpsw) X(0x52, getbase)
+
+/* Instruction fields. */
+#define RA ((word >> 20) & 15u)
+#define RB ((word >> 16) & 15u)
+#define RC ((word >> 12) & 15u)
+#define IMM (word & 0xFFFFu)
+#define SIMM (((word & 0xFFFFu) ^ 0x8000u) - 0x8000u)       /* sext(imm16), modulo 2**32 */
+#define SOFF20 (((word & 0xFFFFFu) ^ 0x80000u) - 0x80000u) /* sext(off20), modulo 2**32 */
+#define SIGNED_LT(x, y) (((x) ^ 0x80000000u) < ((y) ^ 0x80000000u))
+
+/* Stray bits in a field that the instruction does not use (ISA §3). */
+#define MBZ_R 0x00000FFFu
+#define MBZ_B 0x000F0000u  /* lui mfcr mtcr in out */
+#define MBZ_AB 0x00FF0000u /* syscall brk hcall */
+#define MBZ_BI 0x000FFFFFu /* getpsw setpsw getbase */
+#define MBZ_ALL 0x00FFFFFFu
+
+/* The relocation window R, clamped to memory: an access of n bytes at va is allowed iff va + n <= limit. */
+#define SET_WINDOW()                                                                                        \
+    do {                                                                                                    \
+        int64_t lim_ = (int64_t)(uint32_t)bound, room_ = memsize - (int64_t)(uint32_t)base;                 \
+        if (room_ < lim_)                                                                                   \
+            lim_ = room_;                                                                                   \
+        limit = lim_ > 0 ? (uint64_t)lim_ : 0;                                                              \
+        mb = mem + (limit ? (uint32_t)base : 0);                                                            \
+    } while (0)
+
+#define FAULT(cause, info)                                                                                  \
+    do {                                                                                                    \
+        tc = (cause);                                                                                       \
+        ti = (info);                                                                                        \
+        goto trap;                                                                                          \
+    } while (0)
+
+/* Check a data access; on success `mb + va` is the byte to use. */
+#define CHECK_WORD(va)                                                                                      \
+    do {                                                                                                    \
+        if (UNLIKELY((va) & 3u))                                                                            \
+            FAULT(P32_ALIGN, va);                                                                           \
+        if (UNLIKELY((uint64_t)(va) + 4 > limit))                                                           \
+            FAULT(P32_MEM_FAULT, va);                                                                       \
+    } while (0)
+#define CHECK_BYTE(va)                                                                                      \
+    do {                                                                                                    \
+        if (UNLIKELY((uint64_t)(va) + 1 > limit))                                                           \
+            FAULT(P32_MEM_FAULT, va);                                                                       \
+    } while (0)
+
+#define NEVER INT64_MAX /* tdead of a timer that is not running */
+
+/* Start the next step on the fast path: pc is aligned and nothing but the budget or the timer can be due
+ * (the slow path checks those when ret reaches stop).  Leaves the instruction word in `word`. */
+#ifdef P32_COMPUTED_GOTO
+#define CASE(opc, name) L_##name:
+#define NEXT()                                                                                              \
+    do {                                                                                                    \
+        r[0] = 0;                                                                                           \
+        if (UNLIKELY(ret >= stop))                                                                          \
+            goto slow;                                                                                      \
+        if (UNLIKELY((uint64_t)pc + 4 > limit))                                                             \
+            FAULT(P32_MEM_FAULT, pc);                                                                       \
+        word = load32(fmb + pc); /* fmb: binary-rewriting support (== mb unless fetching a shadow copy) */  \
+        goto *dispatch[word >> 24];                                                                         \
+    } while (0)
+#else
+#define CASE(opc, name) case opc:
+#define NEXT() goto next
+#endif
+
+/* Retire the current instruction and go on (the timer ticks implicitly: it is tdead - ret). */
+#define RETIRE_NEXT()                                                                                       \
+    do {                                                                                                    \
+        pc += 4;                                                                                            \
+        ret++;                                                                                              \
+        NEXT();                                                                                             \
+    } while (0)
+/* Retire, then take the slow path: after a change that may make an interrupt deliverable or pc odd. */
+#define RETIRE_SLOW()                                                                                       \
+    do {                                                                                                    \
+        ret++;                                                                                              \
+        goto slow;                                                                                          \
+    } while (0)
+
+/* R-format ALU instruction: check the spare bits, compute, retire. */
+#define ALU_R(opc, name, expr)                                                                              \
+    CASE(opc, name)                                                                                         \
+    {                                                                                                       \
+        if (UNLIKELY(word & MBZ_R))                                                                         \
+            goto illegal;                                                                                   \
+        uint32_t x = r[RB], y = r[RC];                                                                      \
+        r[RA] = (expr);                                                                                     \
+        RETIRE_NEXT();                                                                                      \
+    }
+#define ALU_I(opc, name, expr)                                                                              \
+    CASE(opc, name)                                                                                         \
+    {                                                                                                       \
+        uint32_t x = r[RB];                                                                                 \
+        r[RA] = (expr);                                                                                     \
+        RETIRE_NEXT();                                                                                      \
+    }
+#define BRANCH(opc, name, cond)                                                                             \
+    CASE(opc, name)                                                                                         \
+    {                                                                                                       \
+        uint32_t x = r[RA], y = r[RB];                                                                      \
+        pc += (cond) ? SIMM << 2 : 4u;                                                                      \
+        ret++;                                                                                              \
+        NEXT();                                                                                             \
+    }
+
+/* A system instruction with a profile key: in user mode do what the profile says. */
+#define USER_MODE_CHECK(key)                                                                                \
+    if (UNLIKELY(!(psw & P32_PSW_S))) {                                                                     \
+        int64_t how_ = prof[key];                                                                           \
+        if (how_ == P32_IGNORE)                                                                             \
+            goto ignore;                                                                                    \
+        if (how_ != P32_EXECUTE)                                                                            \
+            goto privileged;                                                                                \
+    }
+
+/* binary-rewriting support --------------------------------------------------------------------------------
+ * Active while F_REWRITE is set and 4 <= D <= base (D = state[RW_SHADOW]), which keeps every shadow access
+ * inside memory: a store leaves the marker over the shadow words holding its first and last byte, and with
+ * RW_FETCH set instructions come from the shadow copy, D bytes below, where opcodes 0xC0-0xDF decode. */
+#define RW_WINDOW()                                                                                         \
+    do {                                                                                                    \
+        rw_d = state[P32_RW_SHADOW];                                                                        \
+        rw_mark = (flags & P32_F_REWRITE) && rw_d >= 4 && rw_d <= (int64_t)(uint32_t)base;                  \
+        rw_fetch = rw_mark && state[P32_RW_FETCH] != 0;                                                     \
+        fmb = rw_fetch && limit ? mb - rw_d : mb;                                                           \
+    } while (0)
+/* Most stores hit data, whose copy already holds the marker: write it only where it is not there yet. */
+#define RW_MARK_WORD(p)                                                                                     \
+    do {                                                                                                    \
+        if (load32(p) != (uint32_t)P32_RW_OP_XLATE << 24)                                                   \
+            store32((p), (uint32_t)P32_RW_OP_XLATE << 24);                                                  \
+    } while (0)
+#define RW_MARK_STORE(va, n)                                                                                \
+    do {                                                                                                    \
+        if (UNLIKELY(rw_mark)) {                                                                            \
+            uint64_t pa_ = (uint64_t)(uint32_t)base + (va) - (uint64_t)rw_d;                                \
+            RW_MARK_WORD(mem + (pa_ & ~(uint64_t)3));                                                       \
+            RW_MARK_WORD(mem + ((pa_ + (n) - 1) & ~(uint64_t)3));                                           \
+        }                                                                                                   \
+    } while (0)
+
+/* paravirtual support ------------------------------------------------------------------------------------
+ * The processor's help for a paravirtual guest under F_PV, as popek/cores/reference.py describes it: a trap
+ * gate into the guest kernel (PV_DIRECT), HC_IRET, HC_SET_TIMER and HC_IRQ performed in the core (PV_FAST),
+ * and IE kept equal to "the shared mask word is 0" at timer expiry and after those hypercalls.  Active for a
+ * whole call (pv) while F_PV is set and the shared area's words fit in memory at an aligned address. */
+static inline uint32_t pv_get(const int64_t *state, const uint8_t *mem, int offset)
+{
+    return load32(mem + state[P32_PV_SHARED] + offset);
+}
+static inline void pv_put(const int64_t *state, uint8_t *mem, int offset, uint32_t value)
+{
+    store32(mem + state[P32_PV_SHARED] + offset, value);
+}
+static inline int64_t pv_ie(const int64_t *state, const uint8_t *mem, int64_t psw) /* IE <- mask == 0 */
+{
+    return (psw & P32_PSW_S) | (pv_get(state, mem, P32_SH_MASK) ? 0 : P32_PSW_IE);
+}
+/* The timer just reached zero: set the shared pending word and sample the mask; returns the new psw. */
+static inline int64_t pv_expired(const int64_t *state, uint8_t *mem, int64_t psw)
+{
+    pv_put(state, mem, P32_SH_PENDING, 1);
+    return pv_ie(state, mem, psw);
+}
+
+int p32_run(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget)
+{
+#ifdef P32_COMPUTED_GOTO
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpragmas"
+#pragma GCC diagnostic ignored "-Woverride-init"
+#pragma GCC diagnostic ignored "-Winitializer-overrides"
+#define DISPATCH_ENTRY(opc, name) [opc] = &&L_##name,
+    /* every opcode not in the table is ILLEGAL */
+    static const void *const dispatch[256] = {[0 ... 255] = &&L_illegal, P32_OPS(DISPATCH_ENTRY)};
+#undef DISPATCH_ENTRY
+#pragma GCC diagnostic pop
+#endif
+    uint32_t r[16];
+    uint32_t pc = (uint32_t)state[P32_PC];
+    int64_t psw = state[P32_PSW], base = state[P32_BASE], bound = state[P32_BOUND];
+    int64_t pending = state[P32_PENDING];
+    const int64_t flags = state[P32_FLAGS];
+    const int64_t *const prof = state + P32_PROFILE;
+    int64_t ret = 0;                        /* instructions retired in this call */
+    int64_t bstop = budget;                 /* ret at which the budget is spent (each trap taken lowers it) */
+    int64_t cbase = state[P32_CYCLE];       /* cycle = cbase + ret */
+    int64_t tfix = state[P32_TIMER], tdead; /* timer = tdead - ret while running, else tfix */
+    int64_t stop = 0;                       /* the fast path runs while ret < stop */
+    uint64_t limit;
+    uint8_t *mb;
+    uint32_t word = 0, tc = 0, ti = 0;
+    /* binary-rewriting support: stores leave markers (rw_mark), fetches read the shadow copy at fmb */
+    int rw_mark = 0, rw_fetch = 0;
+    int64_t rw_d = 0;
+    uint8_t *fmb;
+    int pv; /* paravirtual support: active in this call */
+    int rc, i;
+
+    for (i = 0; i < 16; i++)
+        r[i] = (uint32_t)state[P32_R0 + i];
+    if (memsize < 0)
+        memsize = 0;
+    tdead = tfix > 0 ? tfix : NEVER;
+    SET_WINDOW();
+    RW_WINDOW(); /* binary-rewriting support */
+    pv = (flags & P32_F_PV) && state[P32_PV_SHARED] >= 0 && !(state[P32_PV_SHARED] & 3) &&
+         state[P32_PV_SHARED] <= memsize - P32_SH_CORE_BYTES; /* paravirtual support */
+#ifdef P32_COMPUTED_GOTO
+    goto slow;
+#else
+    goto slow;
+next:
+    r[0] = 0;
+    if (UNLIKELY(ret >= stop))
+        goto slow;
+    if (UNLIKELY((uint64_t)pc + 4 > limit))
+        FAULT(P32_MEM_FAULT, pc);
+    word = load32(fmb + pc); /* binary-rewriting support: fmb */
+    switch (word >> 24) {
+#endif
+
+    ALU_R(0x01, add, x + y)
+    ALU_R(0x02, sub, x - y)
+    ALU_R(0x03, and, x & y)
+    ALU_R(0x04, or, x | y)
+    ALU_R(0x05, xor, x ^ y)
+    ALU_R(0x06, shl, x << (y & 31u))
+    ALU_R(0x07, shr, x >> (y & 31u))
+    ALU_R(0x08, sar, (uint32_t)((int32_t)x >> (y & 31u)))
+    ALU_R(0x09, mul, x * y)
+    ALU_R(0x0E, slt, (uint32_t)SIGNED_LT(x, y))
+    ALU_R(0x0F, sltu, (uint32_t)(x < y))
+
+    CASE(0x0A, div)
+    CASE(0x0B, divu)
+    CASE(0x0C, rem)
+    CASE(0x0D, remu)
+    {
+        if (UNLIKELY(word & MBZ_R))
+            goto illegal;
+        uint32_t x = r[RB], y = r[RC], op = word >> 24;
+        if (UNLIKELY(y == 0))
+            FAULT(P32_DIVZERO, 0);
+        if (op == 0x0A) /* div: truncating; INT_MIN / -1 = INT_MIN */
+            r[RA] = y == 0xFFFFFFFFu ? 0u - x : (uint32_t)((int32_t)x / (int32_t)y);
+        else if (op == 0x0B)
+            r[RA] = x / y;
+        else if (op == 0x0C) /* rem: sign of the dividend; INT_MIN % -1 = 0 */
+            r[RA] = y == 0xFFFFFFFFu ? 0u : (uint32_t)((int32_t)x % (int32_t)y);
+        else
+            r[RA] = x % y;
+        RETIRE_NEXT();
+    }
+
+    CASE(0x10, lui)
+    {
+        if (UNLIKELY(word & MBZ_B))
+            goto illegal;
+        r[RA] = IMM << 16;
+        RETIRE_NEXT();
+    }
+    ALU_I(0x11, addi, x + SIMM)
+    ALU_I(0x13, andi, x & IMM)
+    ALU_I(0x14, ori, x | IMM)
+    ALU_I(0x15, xori, x ^ IMM)
+    ALU_I(0x16, shli, x << (word & 31u))
+    ALU_I(0x17, shri, x >> (word & 31u))
+    ALU_I(0x18, sari, (uint32_t)((int32_t)x >> (word & 31u)))
+    ALU_I(0x1E, slti, (uint32_t)SIGNED_LT(x, SIMM))
+    ALU_I(0x1F, sltiu, (uint32_t)(x < SIMM))
+
+    CASE(0x20, ld)
+    {
+        uint32_t va = r[RB] + SIMM;
+        CHECK_WORD(va);
+        r[RA] = load32(mb + va);
+        RETIRE_NEXT();
+    }
+    CASE(0x21, ldb)
+    {
+        uint32_t va = r[RB] + SIMM;
+        CHECK_BYTE(va);
+        r[RA] = ((uint32_t)mb[va] ^ 0x80u) - 0x80u;
+        RETIRE_NEXT();
+    }
+    CASE(0x22, ldbu)
+    {
+        uint32_t va = r[RB] + SIMM;
+        CHECK_BYTE(va);
+        r[RA] = mb[va];
+        RETIRE_NEXT();
+    }
+    CASE(0x24, st)
+    {
+        uint32_t va = r[RB] + SIMM;
+        CHECK_WORD(va);
+        store32(mb + va, r[RA]);
+        RW_MARK_STORE(va, 4); /* binary-rewriting support */
+        RETIRE_NEXT();
+    }
+    CASE(0x25, stb)
+    {
+        uint32_t va = r[RB] + SIMM;
+        CHECK_BYTE(va);
+        mb[va] = (uint8_t)r[RA];
+        RW_MARK_STORE(va, 1); /* binary-rewriting support */
+        RETIRE_NEXT();
+    }
+
+    BRANCH(0x30, beq, x == y)
+    BRANCH(0x31, bne, x != y)
+    BRANCH(0x32, blt, SIGNED_LT(x, y))
+    BRANCH(0x33, bge, !SIGNED_LT(x, y))
+    BRANCH(0x34, bltu, x < y)
+    BRANCH(0x35, bgeu, x >= y)
+
+    CASE(0x38, jal)
+    {
+        uint32_t target = pc + (SOFF20 << 2);
+        r[RA] = pc + 4;
+        pc = target;
+        ret++;
+        NEXT();
+    }
+    CASE(0x39, jalr)
+    {
+        uint32_t target = r[RB] + SIMM; /* before writing rd: jalr r1, 0(r1) works */
+        r[RA] = pc + 4;
+        pc = target;
+        if (UNLIKELY(pc & 3u))
+            RETIRE_SLOW(); /* the fetch there raises ALIGN */
+        ret++;
+        NEXT();
+    }
+
+    CASE(0x40, syscall)
+    {
+        if (UNLIKELY(word & MBZ_AB))
+            goto illegal;
+        FAULT(P32_SYSCALL, IMM);
+    }
+    CASE(0x41, brk)
+    {
+        if (UNLIKELY(word & MBZ_AB))
+            goto illegal;
+        FAULT(P32_BREAK, IMM);
+    }
+    CASE(0x42, hcall)
+    {
+        /* paravirtual support: a hypercall the processor performs itself */
+        if (pv && !(word & MBZ_AB) && IMM < P32_HC_FAST_LIMIT && (state[P32_PV_FAST] >> IMM & 1) &&
+            state[P32_PV_KMODE]) {
+            uint32_t n = IMM;
+            state[P32_PV_NCALLS + n]++;
+            if (n == P32_HC_IRET) { /* psw, R (composed with the kernel's) and mask from the frame */
+                uint32_t epsw = pv_get(state, mem, P32_SH_EPSW), eb = pv_get(state, mem, P32_SH_EBASE);
+                uint32_t ebound = pv_get(state, mem, P32_SH_EBOUND);
+                int64_t kbase = (uint32_t)state[P32_PV_KBASE], kbound = (uint32_t)state[P32_PV_KBOUND];
+                if (eb < kbound) {
+                    base = (uint32_t)(kbase + eb);
+                    bound = ebound < kbound - eb ? ebound : kbound - eb;
+                } else {
+                    base = kbase;
+                    bound = 0;
+                }
+                state[P32_PV_KMODE] = epsw & P32_PSW_S;
+                pv_put(state, mem, P32_SH_MASK, epsw & P32_PSW_IE ? 0 : 1);
+                pc = pv_get(state, mem, P32_SH_EPC);
+                SET_WINDOW();
+                psw = pv_ie(state, mem, psw);
+                RETIRE_SLOW();
+            }
+            if (n == P32_HC_SET_TIMER) { /* as mtcr timer */
+                pending &= ~(int64_t)P32_PEND_TIMER;
+                pv_put(state, mem, P32_SH_PENDING, 0);
+                psw = pv_ie(state, mem, psw);
+                ret++;
+                tfix = r[1];
+                tdead = r[1] ? ret + r[1] : NEVER;
+                pc += 4;
+                goto slow;
+            }
+            psw = pv_ie(state, mem, psw); /* HC_IRQ */
+            pc += 4;
+            RETIRE_SLOW();
+        }
+        if (UNLIKELY(word & MBZ_AB) || !(flags & P32_F_HCALL_TO_HOST))
+            goto illegal;
+        state[P32_XCAUSE] = IMM;
+        rc = P32_EXIT_HCALL;
+        goto out;
+    }
+
+    CASE(0x48, iret)
+    {
+        if (UNLIKELY(word & MBZ_ALL))
+            goto illegal;
+        USER_MODE_CHECK(P32_K_IRET)
+        pc = (uint32_t)state[P32_EPC];
+        psw = state[P32_EPSW] & 3;
+        base = state[P32_EBASE];
+        bound = state[P32_EBOUND];
+        SET_WINDOW();
+        RETIRE_SLOW();
+    }
+    CASE(0x49, halt)
+    {
+        if (UNLIKELY(word & MBZ_ALL))
+            goto illegal;
+        USER_MODE_CHECK(P32_K_HALT)
+        state[P32_STATUS] = r[1] & 0xFFu;
+        pc += 4;
+        ret++;
+        rc = P32_EXIT_HALT;
+        goto out;
+    }
+    CASE(0x4A, wfi)
+    {
+        if (UNLIKELY(word & MBZ_ALL))
+            goto illegal;
+        USER_MODE_CHECK(P32_K_WFI)
+        if (!pending) {
+            if (tdead == NEVER || (flags & P32_F_TRAPS_TO_HOST)) {
+                rc = P32_EXIT_IDLE; /* nothing can end the wait, or the host wants to see it */
+                goto out;
+            }
+            cbase += tdead - ret; /* idle until the timer fires, then retire (one more tick) */
+            tdead = NEVER;
+            tfix = 0;
+            pending |= P32_PEND_TIMER;
+            if (pv) /* paravirtual support */
+                psw = pv_expired(state, mem, psw);
+        }
+        pc += 4;
+        RETIRE_SLOW();
+    }
+    CASE(0x4B, mfcr)
+    {
+        uint32_t cr = IMM, v;
+        if (UNLIKELY((word & MBZ_B) || cr >= P32_NUM_CRS))
+            goto illegal;
+        USER_MODE_CHECK(P32_K_MFCR + cr)
+        switch (cr) {
+        case P32_CR_PSW: v = (uint32_t)psw; break;
+        case P32_CR_BASE: v = (uint32_t)base; break;
+        case P32_CR_BOUND: v = (uint32_t)bound; break;
+        case P32_CR_TIMER: v = (uint32_t)(tdead == NEVER ? tfix : tdead - ret); break;
+        case P32_CR_CYCLE: v = (uint32_t)(cbase + ret); break;
+        default: v = (uint32_t)state[P32_CR0 + cr]; break;
+        }
+        r[RA] = v;
+        RETIRE_NEXT();
+    }
+    CASE(0x4C, mtcr)
+    {
+        uint32_t cr = IMM, v;
+        if (UNLIKELY((word & MBZ_B) || cr >= P32_NUM_CRS))
+            goto illegal;
+        USER_MODE_CHECK(P32_K_MTCR + cr)
+        v = r[RA];
+        switch (cr) {
+        case P32_CR_PSW: psw = v & 3u; break;
+        case P32_CR_BASE: base = v; SET_WINDOW(); break;
+        case P32_CR_BOUND: bound = v; SET_WINDOW(); break;
+        case P32_CR_CYCLE: break; /* read-only */
+        case P32_CR_TIMER:        /* clears a pending timer interrupt; this write does not tick it */
+            pending &= ~(int64_t)P32_PEND_TIMER;
+            ret++;
+            tfix = v;
+            tdead = v ? ret + v : NEVER;
+            pc += 4;
+            goto slow;
+        default: state[P32_CR0 + cr] = v; break;
+        }
+        pc += 4;
+        RETIRE_SLOW(); /* psw may now enable interrupts */
+    }
+    CASE(0x4D, in)
+    {
+        if (UNLIKELY(word & MBZ_B))
+            goto illegal;
+        USER_MODE_CHECK(P32_K_IN)
+        state[P32_IO_PORT] = IMM;
+        state[P32_IO_WRITE] = 0;
+        state[P32_IO_VALUE] = 0;
+        state[P32_IO_REG] = RA;
+        rc = P32_EXIT_IO;
+        goto out;
+    }
+    CASE(0x4E, out)
+    {
+        if (UNLIKELY(word & MBZ_B))
+            goto illegal;
+        USER_MODE_CHECK(P32_K_OUT)
+        state[P32_IO_PORT] = IMM;
+        state[P32_IO_WRITE] = 1;
+        state[P32_IO_VALUE] = r[RA];
+        state[P32_IO_REG] = 0;
+        rc = P32_EXIT_IO;
+        goto out;
+    }
+    CASE(0x50, getpsw)
+    {
+        if (UNLIKELY(word & MBZ_BI))
+            goto illegal;
+        USER_MODE_CHECK(P32_K_GETPSW)
+        r[RA] = (uint32_t)psw;
+        RETIRE_NEXT();
+    }
+    CASE(0x51, setpsw)
+    {
+        if (UNLIKELY(word & MBZ_BI))
+            goto illegal;
+        USER_MODE_CHECK(P32_K_SETPSW)
+        psw = r[RA] & 3u;
+        pc += 4;
+        RETIRE_SLOW(); /* may enable interrupts */
+    }
+    CASE(0x52, getbase)
+    {
+        if (UNLIKELY(word & MBZ_BI))
+            goto illegal;
+        USER_MODE_CHECK(P32_K_GETBASE)
+        r[RA] = (uint32_t)base;
+        RETIRE_NEXT();
+    }
+
+#ifndef P32_COMPUTED_GOTO
+    default:
+        goto illegal;
+    }
+#endif
+
+#ifdef P32_COMPUTED_GOTO
+L_illegal:
+#endif
+illegal:
+    /* binary-rewriting support: the monitor-only words of a shadow copy */
+    if (UNLIKELY(rw_fetch) && (word >> 24) >= P32_RW_OP_XLATE && (word >> 24) <= P32_RW_OP_LAST)
+        goto rw_op;
+    FAULT(P32_ILLEGAL, word);
+privileged:
+    FAULT(P32_PRIV, word);
+ignore: /* an ignored system instruction retires and does nothing else */
+    RETIRE_NEXT();
+
+rw_op: /* binary-rewriting support: a monitor-only word fetched from the shadow copy (reference.py _rw_execute) */
+{
+    const uint32_t op = word >> 24, orig = word - ((uint32_t)P32_RW_TWIN << 24), oop = orig >> 24;
+    const uint32_t imm = orig & 0xFFFFu, ra = (orig >> 20) & 15u;
+    int64_t *const vcr = state + P32_VCR0;
+    uint32_t cr, v;
+    int bad, key;
+    if (op == P32_RW_OP_XLATE) {
+        rc = P32_EXIT_XLATE;
+        goto out;
+    }
+    if (op == P32_RW_OP_CALLOUT)
+        goto rw_callout;
+    /* a twin: the original must be a system instruction with a profile key, without stray bits */
+    switch (oop) {
+    case 0x48: case 0x49: case 0x4A: bad = (orig & MBZ_ALL) != 0; key = P32_K_IRET + (int)(oop - 0x48); break;
+    case 0x4B: case 0x4C:
+        bad = (orig & MBZ_B) || imm >= P32_NUM_CRS;
+        key = (oop == 0x4B ? P32_K_MFCR : P32_K_MTCR) + (int)(imm < P32_NUM_CRS ? imm : 0);
+        break;
+    case 0x4D: case 0x4E: bad = (orig & MBZ_B) != 0; key = oop == 0x4D ? P32_K_IN : P32_K_OUT; break;
+    case 0x50: case 0x51: case 0x52: bad = (orig & MBZ_BI) != 0; key = P32_K_GETPSW + (int)(oop - 0x50); break;
+    default: bad = 1; key = 0; break;
+    }
+    if (bad)
+        FAULT(P32_ILLEGAL, orig);
+    if (!(vcr[P32_CR_PSW] & P32_PSW_S)) { /* virtual user mode: the profile decides */
+        int64_t how = prof[key];
+        if (how == P32_IGNORE)
+            goto ignore;
+        if (how != P32_EXECUTE)
+            FAULT(P32_PRIV, orig);
+    }
+    switch (oop) {
+    case 0x4B: case 0x50: case 0x52: /* mfcr getpsw getbase: read a virtual CR */
+        cr = oop == 0x4B ? imm : oop == 0x50 ? P32_CR_PSW : P32_CR_BASE;
+        if (cr == P32_CR_CYCLE)
+            v = (uint32_t)((uint64_t)cbase + (uint64_t)ret + (uint64_t)vcr[cr]);
+        else if (cr == P32_CR_TIMER)
+            v = vcr[cr] ? (uint32_t)((uint64_t)vcr[cr] - (uint64_t)cbase - (uint64_t)ret) : 0u;
+        else
+            v = (uint32_t)vcr[cr];
+        r[ra] = v;
+        RETIRE_NEXT();
+    case 0x4C: case 0x51: /* mtcr setpsw: write a virtual CR, or leave it to the monitor */
+        cr = oop == 0x4C ? imm : P32_CR_PSW;
+        v = r[ra];
+        if (cr == P32_CR_PSW) {
+            v &= 3u;
+            if (((v ^ (uint64_t)vcr[P32_CR_PSW]) & P32_PSW_S) || ((v & P32_PSW_IE) && state[P32_RW_VPEND]))
+                goto rw_callout;
+            vcr[P32_CR_PSW] = v;
+        } else if (cr == P32_CR_BASE || cr == P32_CR_BOUND || cr == P32_CR_TIMER)
+            goto rw_callout;
+        else if (cr != P32_CR_CYCLE)
+            vcr[cr] = v;
+        RETIRE_NEXT();
+    default: /* iret halt wfi in out */
+        goto rw_callout;
+    }
+rw_callout:
+    rc = P32_EXIT_CALLOUT;
+    goto out;
+}
+
+slow: /* the start of a step when something besides fetch-and-go may be due */
+    r[0] = 0;
+    if (ret >= tdead) { /* the retirement that brought the timer to zero */
+        pending |= P32_PEND_TIMER;
+        tdead = NEVER;
+        tfix = 0;
+        if (pv) /* paravirtual support */
+            psw = pv_expired(state, mem, psw);
+    }
+    if (ret >= bstop)
+        goto out_budget;
+    if ((psw & P32_PSW_IE) && (pending & (P32_PEND_TIMER | P32_PEND_DEVICE)))
+        goto interrupt;
+    stop = bstop < tdead ? bstop : tdead;
+    RW_WINDOW(); /* binary-rewriting support: base may have changed */
+    if (UNLIKELY(pc & 3u))
+        FAULT(P32_ALIGN, pc);
+    NEXT();
+
+interrupt: /* taken between instructions; the timer first */
+    if (pending & P32_PEND_TIMER) {
+        tc = P32_TIMER_IRQ;
+        ti = 0;
+    } else {
+        tc = P32_DEVICE_IRQ;
+        ti = (uint32_t)state[P32_DEVNUM];
+    }
+trap:
+    if (pv && (state[P32_PV_DIRECT] >> tc & 1)) { /* paravirtual support: a trap gate into the guest kernel */
+        uint32_t kbase = (uint32_t)state[P32_PV_KBASE];
+        uint32_t epsw = (state[P32_PV_KMODE] ? P32_PSW_S : 0) | (pv_get(state, mem, P32_SH_MASK) ? 0 : P32_PSW_IE);
+        pv_put(state, mem, P32_SH_EPC, pc);
+        pv_put(state, mem, P32_SH_EPSW, epsw);
+        pv_put(state, mem, P32_SH_EBASE, (uint32_t)base - kbase);
+        pv_put(state, mem, P32_SH_EBOUND, (uint32_t)bound);
+        pv_put(state, mem, P32_SH_CAUSE, tc);
+        pv_put(state, mem, P32_SH_BADADDR, ti);
+        pv_put(state, mem, P32_SH_MASK, 1);
+        psw = 0;
+        base = kbase;
+        bound = (uint32_t)state[P32_PV_KBOUND];
+        SET_WINDOW();
+        pc = (uint32_t)state[P32_PV_ENTRY];
+        state[P32_PV_KMODE] = 1;
+        state[tc >= P32_TIMER_IRQ ? P32_PV_NIRQS : P32_PV_NTRAPS]++;
+        bstop--; /* a trap taken is a step */
+        goto slow;
+    }
+    if (flags & P32_F_TRAPS_TO_HOST) {
+        state[P32_XCAUSE] = tc;
+        state[P32_XINFO] = ti;
+        rc = P32_EXIT_TRAP;
+        goto out;
+    }
+    state[P32_EPC] = pc;
+    state[P32_EPSW] = psw;
+    state[P32_EBASE] = base;
+    state[P32_EBOUND] = bound;
+    state[P32_CAUSE] = tc;
+    state[P32_BADADDR] = ti;
+    psw = P32_PSW_S;
+    base = 0;
+    bound = memsize;
+    SET_WINDOW();
+    pc = (uint32_t)state[P32_IVT];
+    bstop--; /* a trap taken is a step */
+    goto slow;
+
+out_budget:
+    rc = P32_EXIT_BUDGET;
+out:
+    if (ret >= tdead) { /* halt retired as the timer reached zero */
+        pending |= P32_PEND_TIMER;
+        tdead = NEVER;
+        tfix = 0;
+        if (pv) /* paravirtual support */
+            psw = pv_expired(state, mem, psw);
+    }
+    r[0] = 0;
+    for (i = 0; i < 16; i++)
+        state[P32_R0 + i] = r[i];
+    state[P32_PC] = pc;
+    state[P32_PSW] = psw;
+    state[P32_BASE] = base;
+    state[P32_BOUND] = bound;
+    state[P32_TIMER] = tdead == NEVER ? tfix : tdead - ret;
+    state[P32_CYCLE] = cbase + ret;
+    state[P32_PENDING] = pending;
+    state[P32_STEPS] += ret + (budget - bstop);
+    return rc;
+}

@@ -1,0 +1,621 @@
+"""The Numba core: P32 compiled to machine code, with exactly the reference core's semantics.
+
+``run(state, mem, budget) -> exit code`` leaves ``state`` and ``mem`` bit for bit as ``reference.run`` does,
+for any budget and any split of a run into several calls (docs/isa.md).  It is the project's "hardware", so
+it is written for speed:
+
+- two loops: the fast one (``popek/cores/threaded.py``, emitted as LLVM IR so that every handler ends with a
+  dispatch jump of its own, as C's computed goto gives; a function of its own so that only its few values
+  compete for machine registers) runs everything but system instructions (ALU, loads, stores, branches,
+  jumps) and returns on a trap, on a system instruction and when ``r`` reaches ``stop``.  The outer loop in
+  ``run`` delivers traps, fires the timer, checks the budget, takes interrupts, and runs the system
+  instructions; interrupts are therefore looked at only after something that could make one deliverable;
+- the hot state lives in local variables: ``pc``, the relocation base and ``lim = min(bound, memsize -
+  base)``, so that a bounds check is a single comparison.  The registers stay in ``state[0:16]`` (their
+  home); every other CR is read from and written to ``state`` by the rare instructions that touch it;
+- time is lazy: ``r`` counts instructions retired in this call and the timer is kept as the value of ``r``
+  at which it reaches zero (``tdead``), so one comparison per instruction (``r < stop``) covers the budget
+  and the timer; ``cycle``, ``timer``, ``steps`` and ``pc`` are written back on exit;
+- memory is indexed with unsigned offsets, words are moved with one unaligned 32-bit access (a relocation
+  base need not be a multiple of 4), and every access is checked against ``lim`` first, so no guest value
+  and no value in ``state`` can reach outside ``mem``;
+- every instruction word is fetched from memory at every step, so self-modifying code needs no care.
+
+Numba keys its on-disk cache on this file alone; ``_drop_stale_cache`` also drops it when a file compiled
+into it (``threaded.py``, ``popek/isa/spec.py``, ``popek/isa/state.py``) has changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+from popek.cores import threaded
+from popek.cores.threaded import SYSTEM_MARK, fast_loop, fast_loop_rw
+from popek.isa import spec
+from popek.isa import state as S
+
+# Everything below is a module-level int, which Numba freezes into the compiled code as a constant.
+M32 = 0xFFFFFFFF
+PC = S.PC
+PSW, EPC, EPSW, CAUSE, BADADDR, IVT, BASE, BOUND = S.PSW, S.EPC, S.EPSW, S.CAUSE, S.BADADDR, S.IVT, S.BASE, S.BOUND
+EBASE, EBOUND, TIMER, CYCLE, CR0 = S.EBASE, S.EBOUND, S.TIMER, S.CYCLE, S.CR0
+PENDING, DEVNUM, FLAGS, XCAUSE, XINFO = S.PENDING, S.DEVNUM, S.FLAGS, S.XCAUSE, S.XINFO
+IO_PORT, IO_WRITE, IO_VALUE, IO_REG, STEPS, STATUS = S.IO_PORT, S.IO_WRITE, S.IO_VALUE, S.IO_REG, S.STEPS, S.STATUS
+F_TRAPS_TO_HOST, F_HCALL_TO_HOST = S.F_TRAPS_TO_HOST, S.F_HCALL_TO_HOST
+EXIT_HALT, EXIT_BUDGET, EXIT_TRAP, EXIT_IO = S.EXIT_HALT, S.EXIT_BUDGET, S.EXIT_TRAP, S.EXIT_IO
+EXIT_HCALL, EXIT_IDLE = S.EXIT_HCALL, S.EXIT_IDLE
+EXECUTE, IGNORE = spec.EXECUTE, spec.IGNORE
+NUM_CRS, CR_PSW, CR_BASE, CR_BOUND = spec.NUM_CRS, spec.CR_PSW, spec.CR_BASE, spec.CR_BOUND
+CR_TIMER, CR_CYCLE = spec.CR_TIMER, spec.CR_CYCLE
+SYSCALL, PRIV, ILLEGAL, BREAK = spec.SYSCALL, spec.PRIV, spec.ILLEGAL, spec.BREAK
+TIMER_IRQ, DEVICE_IRQ = spec.TIMER_IRQ, spec.DEVICE_IRQ
+P_IRET, P_HALT, P_WFI, P_IN, P_OUT, P_GETPSW, P_SETPSW, P_GETBASE = (
+    S.PROFILE + spec.PROFILE_INDEX[k] for k in spec.SIMPLE_PROFILE_KEYS
+)
+P_MFCR = S.PROFILE + spec.PROFILE_INDEX["mfcr." + spec.CR_NAMES[0]]  # mfcr.X at P_MFCR + X
+P_MTCR = S.PROFILE + spec.PROFILE_INDEX["mtcr." + spec.CR_NAMES[0]]  # mtcr.X at P_MTCR + X
+assert all(spec.PROFILE_INDEX[f"mfcr.{n}"] + S.PROFILE == P_MFCR + i for i, n in enumerate(spec.CR_NAMES))
+assert all(spec.PROFILE_INDEX[f"mtcr.{n}"] + S.PROFILE == P_MTCR + i for i, n in enumerate(spec.CR_NAMES))
+# binary-rewriting support (popek/isa/state.py; the reference core's _rw_* functions are the specification)
+F_REWRITE, RW_SHADOW, RW_FETCH, RW_VPEND, VCR0 = S.F_REWRITE, S.RW_SHADOW, S.RW_FETCH, S.RW_VPEND, S.VCR0
+EXIT_XLATE, EXIT_CALLOUT, RW_TWIN = S.EXIT_XLATE, S.EXIT_CALLOUT, S.RW_TWIN
+RW_OP_XLATE, RW_OP_CALLOUT = S.RW_OP_XLATE, S.RW_OP_CALLOUT
+RW_RETIRE, RW_CALL_OUT = -1, -2  # what _rw_twin tells run to do (else: the cause of a trap)
+MAX_BUDGET = 1 << 62  # more steps than any run can take; keeps the step arithmetic far from overflow
+
+
+# --- Numba's on-disk cache -------------------------------------------------------------------------------
+# Numba keeps compiled code in the package's __pycache__ when it can write there, else in its user-wide
+# cache (~/.cache/numba).  When neither is writable (a read-only install with a read-only or absent home),
+# Numba would refuse to cache at all and fail at import, so we then point it at a directory of our own.
+
+
+def _writable(path: str) -> bool:
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return False
+    return True
+
+
+def _fallback_cache_dir() -> str | None:
+    """A user cache directory for compiled code, used when Numba's own choices are not writable."""
+    from numba.misc.appdirs import AppDirs
+
+    if numba.config.CACHE_DIR:
+        return None  # NUMBA_CACHE_DIR is set: the user chose
+    if _writable(os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")):
+        return None
+    if _writable(AppDirs(appname="numba", appauthor=False).user_cache_dir):
+        return None
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    candidates = [os.path.join(xdg, "popek", "numba")]
+    with contextlib.suppress(OSError):  # gettempdir raises when no temporary directory is usable
+        user = os.getuid() if hasattr(os, "getuid") else "user"
+        candidates.append(os.path.join(tempfile.gettempdir(), f"popek-numba-{user}"))
+    for candidate in candidates:
+        if _writable(candidate):
+            return candidate
+    return ""  # nowhere to write: compile without caching
+
+
+@contextlib.contextmanager
+def _cache_dir(path: str | None) -> Iterator[None]:
+    """Make Numba choose ``path`` as the cache directory for functions decorated inside this block."""
+    old = numba.config.CACHE_DIR
+    if path:
+        numba.config.CACHE_DIR = path
+    try:
+        yield
+    finally:
+        numba.config.CACHE_DIR = old
+
+
+_CACHE_DIR = _fallback_cache_dir()
+
+
+_COMPILED: list = []  # every function compiled here, for _drop_stale_cache
+
+
+def _compiled(fn: Callable) -> Callable:
+    """``njit`` with the on-disk cache (in the directory chosen above), releasing the GIL while it runs."""
+    with _cache_dir(_CACHE_DIR):
+        dispatcher = njit(cache=_CACHE_DIR != "", nogil=True)(fn)
+    _COMPILED.append(dispatcher)
+    return dispatcher
+
+
+def _drop_stale_cache(dispatchers: list, dependencies: tuple) -> bool:
+    """Empty the functions' on-disk cache if the files compiled into them changed; True if it did.
+
+    Numba compares the cached code with the file that defines a function, not with the modules it takes
+    code or constants from; a digest of those, kept beside the cache, catches a change there.
+    """
+    caches = [getattr(d, "_cache", None) for d in dispatchers]
+    caches = [c for c in caches if isinstance(getattr(c, "cache_path", None), str)]
+    if not caches or not os.path.isdir(caches[0].cache_path):
+        return False
+    digest = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in dependencies)).hexdigest()
+    marker = Path(caches[0].cache_path) / "jit.dependencies"
+    with contextlib.suppress(OSError):
+        if marker.read_text() == digest:
+            return False
+    with contextlib.suppress(OSError):
+        for cache in caches:
+            cache.flush()
+        marker.write_text(digest)
+    return True
+
+
+# --- unaligned little-endian word access -------------------------------------------------------------
+# A relocation base need not be a multiple of 4, so an aligned virtual word may sit at any physical
+# address.  These intrinsics load and store it with one unaligned 32-bit access, as C's memcpy would,
+# where four byte accesses cost several instructions that LLVM does not merge on the load side.
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def _word_ptr(context, builder, aryty, ary, idx):  # noqa: ANN001, ANN202
+    data = context.make_array(aryty)(context, builder, ary).data
+    return builder.bitcast(builder.gep(data, [idx]), ir.IntType(32).as_pointer())
+
+
+@intrinsic
+def _load32(typingctx, arr, idx):  # noqa: ANN001, ANN202
+    """``mem[idx:idx+4]`` as a little-endian unsigned word (int64); no bounds check."""
+
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        v = builder.load(_word_ptr(context, builder, sig.args[0], args[0], args[1]), align=1)
+        return builder.zext(builder.bswap(v) if _BIG_ENDIAN else v, ir.IntType(64))
+
+    return types.int64(arr, idx), codegen
+
+
+@intrinsic
+def _store32(typingctx, arr, idx, val):  # noqa: ANN001, ANN202
+    """Store the low 32 bits of ``val`` little-endian at ``mem[idx:idx+4]``; no bounds check."""
+
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        v = builder.trunc(args[2], ir.IntType(32))
+        builder.store(
+            builder.bswap(v) if _BIG_ENDIAN else v, _word_ptr(context, builder, sig.args[0], args[0], args[1]), align=1
+        )
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, val), codegen
+
+
+@_compiled
+def _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead):  # noqa: ANN001, ANN202
+    """Write the lazily kept time and pc back into ``state`` before the core returns."""
+    if tact and r == tdead:  # the last retired instruction (halt) made the timer reach zero
+        state[PENDING] |= 1
+        tact = False
+    state[TIMER] = tdead - r if tact else 0
+    state[CYCLE] = cyc0 + skip + r
+    state[STEPS] += r + traps
+    if r > r_mark:  # something retired since the last trap entry (which wrote pc itself)
+        state[PC] = pc
+
+
+# --- paravirtual support ---------------------------------------------------------------------------------
+# The processor's help for a paravirtual guest under the host flag F_PV, exactly as popek/cores/reference.py
+# describes it: a trap gate into the guest kernel (PV_DIRECT), three hypercalls performed in the core
+# (PV_FAST) and IE kept equal to "the shared mask word is 0" at timer expiry and after those hypercalls.
+# ``run`` decides once whether the support is active (``pv``); everything here runs only then.
+F_PV, PV_SHARED, PV_ENTRY, PV_KBASE, PV_KBOUND = S.F_PV, S.PV_SHARED, S.PV_ENTRY, S.PV_KBASE, S.PV_KBOUND
+PV_KMODE, PV_DIRECT, PV_FAST, PV_NTRAPS, PV_NIRQS = S.PV_KMODE, S.PV_DIRECT, S.PV_FAST, S.PV_NTRAPS, S.PV_NIRQS
+PV_NCALLS, SH_MASK, SH_PENDING, SH_EPC, SH_EPSW = S.PV_NCALLS, S.SH_MASK, S.SH_PENDING, S.SH_EPC, S.SH_EPSW
+SH_EBASE, SH_EBOUND, SH_CAUSE, SH_BADADDR = S.SH_EBASE, S.SH_EBOUND, S.SH_CAUSE, S.SH_BADADDR
+SH_CORE_BYTES, HC_IRET, HC_SET_TIMER, HC_FAST_LIMIT = S.SH_CORE_BYTES, S.HC_IRET, S.HC_SET_TIMER, S.HC_FAST_LIMIT
+
+
+@_compiled
+def _pv_active(state, memsize):  # noqa: ANN001, ANN202
+    sh = state[PV_SHARED]
+    return (state[FLAGS] & F_PV) != 0 and sh >= 0 and (sh & 3) == 0 and sh <= memsize - SH_CORE_BYTES
+
+
+@_compiled
+def _pv_get(state, mem, offset):  # noqa: ANN001, ANN202
+    return _load32(mem, np.uint64(state[PV_SHARED] + offset))
+
+
+@_compiled
+def _pv_put(state, mem, offset, value):  # noqa: ANN001, ANN202
+    _store32(mem, np.uint64(state[PV_SHARED] + offset), value & M32)
+
+
+@_compiled
+def _pv_sync_ie(state, mem):  # noqa: ANN001, ANN202
+    """IE <- the shared mask word is 0."""
+    state[PSW] = (state[PSW] & 1) | (0 if _pv_get(state, mem, SH_MASK) else 2)
+
+
+@_compiled
+def _pv_expired(state, mem):  # noqa: ANN001, ANN202
+    """The timer just reached zero: set the shared pending word and sample the mask."""
+    _pv_put(state, mem, SH_PENDING, 1)
+    _pv_sync_ie(state, mem)
+
+
+@_compiled
+def _pv_enter(state, mem, pc, cause, info):  # noqa: ANN001, ANN202
+    """Deliver a trap or interrupt into the guest kernel: the frame to the shared area, then its context."""
+    kbase = state[PV_KBASE] & M32
+    epsw = (1 if state[PV_KMODE] != 0 else 0) | (0 if _pv_get(state, mem, SH_MASK) else 2)
+    _pv_put(state, mem, SH_EPC, pc)
+    _pv_put(state, mem, SH_EPSW, epsw)
+    _pv_put(state, mem, SH_EBASE, (state[BASE] & M32) - kbase)
+    _pv_put(state, mem, SH_EBOUND, state[BOUND])
+    _pv_put(state, mem, SH_CAUSE, cause)
+    _pv_put(state, mem, SH_BADADDR, info)
+    _pv_put(state, mem, SH_MASK, 1)
+    state[PSW] = 0
+    state[BASE] = kbase
+    state[BOUND] = state[PV_KBOUND] & M32
+    state[PC] = state[PV_ENTRY] & M32
+    state[PV_KMODE] = 1
+    if cause >= TIMER_IRQ:
+        state[PV_NIRQS] += 1
+    else:
+        state[PV_NTRAPS] += 1
+
+
+@_compiled
+def _pv_iret(state, mem):  # noqa: ANN001, ANN202
+    """HC_IRET: psw, R (composed with the kernel's) and mask from the frame; returns the pc to go to."""
+    epsw = _pv_get(state, mem, SH_EPSW)
+    ebase = _pv_get(state, mem, SH_EBASE)
+    ebound = _pv_get(state, mem, SH_EBOUND)
+    kbase = state[PV_KBASE] & M32
+    kbound = state[PV_KBOUND] & M32
+    if ebase < kbound:
+        state[BASE] = (kbase + ebase) & M32
+        state[BOUND] = min(ebound, kbound - ebase)
+    else:
+        state[BASE] = kbase
+        state[BOUND] = 0
+    state[PV_KMODE] = epsw & 1
+    _pv_put(state, mem, SH_MASK, 0 if epsw & 2 else 1)
+    return _pv_get(state, mem, SH_EPC)
+
+
+@_compiled
+def _fast_plain(state, mem, pc, r, stop, lim, base):  # noqa: ANN001, ANN202
+    """The fast loop (popek/cores/threaded.py) without binary-rewriting support."""
+    return fast_loop(state, mem, pc, r, stop, lim, base, base, np.int64(0))
+
+
+@_compiled
+def _fast_rw(state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN202
+    """The fast loop with binary-rewriting support: fetches at ``fbase + pc``, stores mark the shadow copy."""
+    return fast_loop_rw(state, mem, pc, r, stop, lim, base, fbase, rwd)
+
+
+@_compiled
+def _rw_twin(state, w, cycle):  # noqa: ANN001, ANN202
+    """Binary-rewriting support: perform the twin ``w`` on the virtual CPU (reference.py, _rw_execute).
+
+    ``cycle`` is the real cycle count before it.  Returns RW_RETIRE, RW_CALL_OUT, or the cause of the trap
+    it raises (whose badaddr is the original word).
+    """
+    orig = w - (RW_TWIN << 24)
+    oop = orig >> 24
+    a = (orig >> 20) & 15
+    imm = orig & 0xFFFF
+    key = 0
+    if oop >= 0x48 and oop <= 0x4A:  # iret halt wfi
+        bad = (orig & 0xFFFFFF) != 0
+        key = P_IRET + (oop - 0x48)
+    elif oop == 0x4B or oop == 0x4C:  # mfcr mtcr
+        bad = (orig & 0xF0000) != 0 or imm >= NUM_CRS
+        if not bad:
+            key = (P_MFCR if oop == 0x4B else P_MTCR) + imm
+    elif oop == 0x4D or oop == 0x4E:  # in out
+        bad = (orig & 0xF0000) != 0
+        key = P_IN if oop == 0x4D else P_OUT
+    elif oop >= 0x50 and oop <= 0x52:  # getpsw setpsw getbase
+        bad = (orig & 0xFFFFF) != 0
+        key = P_GETPSW + (oop - 0x50)
+    else:
+        bad = True
+    if bad:
+        return ILLEGAL
+    if not (state[VCR0 + CR_PSW] & 1):  # virtual user mode: the profile decides
+        behaviour = state[key]
+        if behaviour == IGNORE:
+            return RW_RETIRE
+        if behaviour != EXECUTE:
+            return PRIV
+    if oop == 0x4B or oop == 0x50 or oop == 0x52:  # mfcr getpsw getbase: read a virtual CR
+        cr = imm if oop == 0x4B else (CR_PSW if oop == 0x50 else CR_BASE)
+        if cr == CR_CYCLE:
+            v = (cycle + state[VCR0 + cr]) & M32
+        elif cr == CR_TIMER:
+            v = (state[VCR0 + cr] - cycle) & M32 if state[VCR0 + cr] != 0 else 0
+        else:
+            v = state[VCR0 + cr] & M32
+        if a:
+            state[a] = v
+        return RW_RETIRE
+    if oop == 0x4C or oop == 0x51:  # mtcr setpsw: write a virtual CR, or leave it to the monitor
+        cr = imm if oop == 0x4C else CR_PSW
+        x = state[a]
+        if cr == CR_PSW:
+            x &= 3
+            if ((x ^ state[VCR0 + CR_PSW]) & 1) != 0 or ((x & 2) != 0 and state[RW_VPEND] != 0):
+                return RW_CALL_OUT
+            state[VCR0 + CR_PSW] = x
+        elif cr == CR_BASE or cr == CR_BOUND or cr == CR_TIMER:
+            return RW_CALL_OUT
+        elif cr != CR_CYCLE:
+            state[VCR0 + cr] = x
+        return RW_RETIRE
+    return RW_CALL_OUT  # iret halt wfi in out
+
+
+@_compiled
+def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
+    """Run at most ``budget`` steps of the machine in ``state``/``mem``; return the exit code."""
+    memsize = np.int64(mem.shape[0])
+    lim_steps = min(max(np.int64(budget), 0), MAX_BUDGET)  # retirements the budget allows: budget - traps
+    pc = state[PC] & M32
+    base = state[BASE] & M32
+    lim = min(state[BOUND] & M32, memsize - base)  # an access of n bytes at va is valid iff va + n <= lim
+    cyc0 = state[CYCLE]
+    tdead = state[TIMER]  # the value of r at which the timer reaches 0 (r starts at 0)
+    tact = tdead != 0  # the timer is counting
+    r = np.int64(0)  # instructions retired in this call
+    traps = np.int64(0)  # traps and interrupts entered in this call (steps that do not retire)
+    skip = np.int64(0)  # cycles skipped by wfi
+    r_mark = np.int64(0)  # r at the last trap entry
+    tc = np.int64(0)  # a trap to deliver: its cause (0 = none) ...
+    ti = np.int64(0)  # ... and its badaddr
+    w = np.int64(0)
+    pv = _pv_active(state, memsize)  # paravirtual support
+
+    while True:
+        # ---- between steps: deliver a trap, fire the timer, check the budget, take an interrupt ----
+        if tc != 0:
+            if pv and (state[PV_DIRECT] >> tc) & 1:  # paravirtual support: a trap gate into the guest kernel
+                _pv_enter(state, mem, pc, tc, ti)
+                pc = state[PC]
+                base = state[BASE]
+                lim = min(state[BOUND], memsize - base)
+                traps += 1
+                lim_steps -= 1
+                r_mark = r
+                tc = 0
+                continue
+            if state[FLAGS] & F_TRAPS_TO_HOST:
+                state[XCAUSE] = tc
+                state[XINFO] = ti & M32
+                _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+                return EXIT_TRAP
+            state[EPC] = pc
+            state[EPSW] = state[PSW]
+            state[EBASE] = state[BASE]
+            state[EBOUND] = state[BOUND]
+            state[CAUSE] = tc
+            state[BADADDR] = ti & M32
+            state[PSW] = 1
+            state[BASE] = 0
+            state[BOUND] = memsize
+            state[PC] = state[IVT]
+            pc = state[IVT] & M32
+            base = np.int64(0)
+            lim = memsize
+            traps += 1
+            lim_steps -= 1
+            r_mark = r
+            tc = 0
+        if tact and r == tdead:
+            state[PENDING] |= 1
+            tact = False
+            if pv:  # paravirtual support
+                _pv_expired(state, mem)
+        if r >= lim_steps:
+            _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+            return EXIT_BUDGET
+        if state[PSW] & 2:
+            pend = state[PENDING]
+            if pend & 1:
+                tc = TIMER_IRQ
+                ti = 0
+                continue
+            if pend & 2:
+                tc = DEVICE_IRQ
+                ti = state[DEVNUM]
+                continue
+        stop = lim_steps
+        if tact and tdead > r and tdead < stop:
+            stop = tdead
+
+        # binary-rewriting support: while active, stores leave markers and fetches may read the shadow copy
+        rwd = state[RW_SHADOW]
+        rwa = (state[FLAGS] & F_REWRITE) != 0 and rwd >= 4 and rwd <= base
+
+        # ---- the fast loop ----
+        if rwa:
+            fbase = base - rwd if state[RW_FETCH] != 0 else base
+            pc, r, tc, ti, w = _fast_rw(state, mem, pc, r, stop, lim, base, fbase, rwd)
+        else:
+            pc, r, tc, ti, w = _fast_plain(state, mem, pc, r, stop, lim, base)
+
+        if tc < SYSTEM_MARK:
+            continue  # a trap to deliver, or r reached stop (tc = 0)
+
+        # ---- system instructions: w is the word at pc, already fetched ----
+        tc = 0
+        op = w >> 24
+        a = (w >> 20) & 15
+        npc = pc + 4
+        if op >= RW_OP_XLATE:  # binary-rewriting support: a monitor-only word of the shadow copy
+            if op == RW_OP_XLATE or op == RW_OP_CALLOUT:
+                _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+                return EXIT_XLATE if op == RW_OP_XLATE else EXIT_CALLOUT
+            what = _rw_twin(state, w, cyc0 + skip + r)
+            if what == RW_RETIRE:
+                pc = npc & M32
+                r += 1
+            elif what == RW_CALL_OUT:
+                _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+                return EXIT_CALLOUT
+            else:
+                tc = what
+                ti = w - (RW_TWIN << 24)
+            continue
+        if op == 0x40 or op == 0x41:  # syscall, brk
+            if w & 0xFF0000:
+                tc = ILLEGAL
+                ti = w
+            else:
+                tc = SYSCALL if op == 0x40 else BREAK
+                ti = w & 0xFFFF
+            continue
+        if op == 0x42:  # hcall
+            n = w & 0xFFFF  # paravirtual support: a hypercall the processor performs itself
+            if pv and not (w & 0xFF0000) and n < HC_FAST_LIMIT and (state[PV_FAST] >> n) & 1 and state[PV_KMODE]:
+                if n == HC_IRET:
+                    npc = _pv_iret(state, mem)
+                    base = state[BASE]
+                    lim = min(state[BOUND], memsize - base)
+                elif n == HC_SET_TIMER:  # as mtcr timer
+                    state[PENDING] &= ~1
+                    tact = state[1] != 0
+                    tdead = r + 1 + state[1]
+                    _pv_put(state, mem, SH_PENDING, 0)
+                _pv_sync_ie(state, mem)
+                state[PV_NCALLS + n] += 1
+                pc = npc & M32
+                r += 1
+                continue
+            if (w & 0xFF0000) or not (state[FLAGS] & F_HCALL_TO_HOST):
+                tc = ILLEGAL
+                ti = w
+                continue
+            state[XCAUSE] = w & 0xFFFF
+            _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+            return EXIT_HCALL
+        # Decode (stray bits, unknown CR), then the profile decides what it does in user mode.
+        if op == 0x4B or op == 0x4C:
+            bad = (w & 0xF0000) or (w & 0xFFFF) >= NUM_CRS
+            key = (P_MFCR if op == 0x4B else P_MTCR) + (w & 0xFFFF)
+        elif op == 0x4D or op == 0x4E:
+            bad = (w & 0xF0000) != 0
+            key = P_IN if op == 0x4D else P_OUT
+        elif op >= 0x50:
+            bad = (w & 0xFFFFF) != 0
+            key = P_GETPSW + (op - 0x50)
+        elif op >= 0x48 and op <= 0x4A:
+            bad = (w & 0xFFFFFF) != 0
+            key = P_IRET + (op - 0x48)
+        else:  # 0x43-0x47, 0x4F: no such instruction
+            bad = True
+            key = 0
+        if bad:
+            tc = ILLEGAL
+            ti = w
+            continue
+        if not (state[PSW] & 1):
+            behaviour = state[key]
+            if behaviour == IGNORE:  # retires with no other effect
+                pc = npc & M32
+                r += 1
+                continue
+            if behaviour != EXECUTE:
+                tc = PRIV
+                ti = w
+                continue
+        if op == 0x4B:  # mfcr
+            cr = w & 0xFFFF
+            if cr == CR_CYCLE:
+                v = (cyc0 + skip + r) & M32
+            elif cr == CR_TIMER:
+                v = (tdead - r) & M32 if tact else 0
+            else:
+                v = state[CR0 + cr] & M32
+            if a:
+                state[a] = v
+        elif op == 0x4C:  # mtcr
+            cr = w & 0xFFFF
+            x = state[a]
+            if cr == CR_TIMER:  # not ticked by its own retirement; clears a pending timer interrupt
+                state[PENDING] &= ~1
+                tact = x != 0
+                tdead = r + 1 + x
+            elif cr == CR_PSW:
+                state[PSW] = x & 3
+            elif cr != CR_CYCLE:
+                state[CR0 + cr] = x
+                if cr == CR_BASE or cr == CR_BOUND:
+                    base = state[BASE] & M32
+                    lim = min(state[BOUND] & M32, memsize - base)
+        elif op == 0x48:  # iret
+            npc = state[EPC] & M32
+            state[PSW] = state[EPSW] & 3
+            state[BASE] = state[EBASE]
+            state[BOUND] = state[EBOUND]
+            base = state[BASE] & M32
+            lim = min(state[BOUND] & M32, memsize - base)
+        elif op == 0x49:  # halt: retires, then leaves
+            state[STATUS] = state[1] & 0xFF
+            if pv and tact and r + 1 == tdead:  # paravirtual support: its retirement expires the timer
+                _pv_expired(state, mem)
+            _leave(state, npc & M32, r + 1, r_mark, traps, skip, cyc0, tact, tdead)
+            return EXIT_HALT
+        elif op == 0x4A:  # wfi
+            if state[PENDING] == 0:
+                if not tact or (state[FLAGS] & F_TRAPS_TO_HOST):
+                    _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+                    return EXIT_IDLE
+                skip += tdead - r  # idle until the timer fires, then retire (one more tick)
+                tact = False
+                state[PENDING] |= 1
+                if pv:  # paravirtual support
+                    _pv_expired(state, mem)
+        elif op == 0x4D or op == 0x4E:  # in, out: the host performs them and retires them
+            state[IO_PORT] = w & 0xFFFF
+            state[IO_WRITE] = op - 0x4D
+            state[IO_VALUE] = state[a] if op == 0x4E else 0
+            state[IO_REG] = a if op == 0x4D else 0
+            _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+            return EXIT_IO
+        elif op == 0x50:  # getpsw
+            if a:
+                state[a] = state[PSW] & M32
+        elif op == 0x51:  # setpsw
+            state[PSW] = state[a] & 3
+        else:  # getbase
+            if a:
+                state[a] = state[BASE] & M32
+        pc = npc & M32  # retire
+        r += 1
+
+
+_drop_stale_cache(_COMPILED, (threaded, spec, S))
+
+
+def warmup() -> float:
+    """Compile (or load from the cache) the core for the usual argument types; return the seconds it took."""
+    t0 = time.perf_counter()
+    state = S.new_state(16)
+    mem = np.zeros(16, dtype=np.uint8)
+    mem[0:4] = np.frombuffer(spec.encode(spec.BY_MNEMONIC["halt"]).to_bytes(4, "little"), np.uint8)
+    run(state, mem, 1)
+    return time.perf_counter() - t0

@@ -1,0 +1,21 @@
+"""The monitors, one file each, behind one interface (``vmm.monitors.base.Monitor``)."""
+
+from __future__ import annotations
+
+from popek.cores import CoreRun
+from popek.vmm.monitors.base import Monitor
+from popek.vmm.monitors.full_emulation import FullEmulation
+from popek.vmm.monitors.hybrid import Hybrid
+from popek.vmm.monitors.paravirt import Paravirt
+from popek.vmm.monitors.rewrite import BinaryRewriting
+from popek.vmm.monitors.trap_emulate import TrapAndEmulate
+
+MONITORS: dict[str, type[Monitor]] = {m.name: m for m in (FullEmulation, TrapAndEmulate, BinaryRewriting, Hybrid)}
+MONITORS[Paravirt.name] = Paravirt  # paravirtual guests; trap-and-emulate for the others
+
+
+def get_monitor(name: str, core: str | CoreRun = "jit") -> Monitor:
+    """A monitor by name (full, trap, hybrid, ...) running guests on ``core``."""
+    if name not in MONITORS:
+        raise ValueError(f"unknown monitor '{name}' (choose from bare, {', '.join(MONITORS)})")
+    return MONITORS[name](core)

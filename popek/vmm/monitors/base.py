@@ -1,0 +1,84 @@
+"""The monitor interface: ``Monitor.run(vm, budget)`` advances one VM by at most ``budget`` guest steps."""
+
+from __future__ import annotations
+
+from popek.cores import CoreRun, get_core
+from popek.isa import state as S
+from popek.isa.spec import DEVICE_IRQ, PRIV, TIMER_IRQ
+from popek.vmm.vm import VM, Stopwatch, cause_label
+
+
+class Monitor:
+    """Base class: one subclass per strategy, each in its own file."""
+
+    name = "?"
+    description = ""
+
+    def __init__(self, core: str | CoreRun = "jit") -> None:
+        self.core = get_core(core) if isinstance(core, str) else core
+
+    def run(self, vm: VM, budget: int) -> int:
+        """Advance ``vm`` by at most ``budget`` guest steps (fewer if it stops); return the steps taken."""
+        raise NotImplementedError
+
+    def host_bytes(self, memsize: int) -> int:
+        """Bytes of the host's monitor region this monitor needs for a VM of ``memsize`` bytes (default none)."""
+        return 0
+
+    def attach(self, vm: VM, area: int) -> None:
+        """Take charge of ``vm``; ``area`` is the host address of the ``host_bytes`` reserved for it."""
+
+
+class DirectExecution(Monitor):
+    """Shared machinery of the monitors that run guest code directly on the core in real user mode."""
+
+    flags = S.F_TRAPS_TO_HOST
+
+    def run_direct(self, vm: VM, budget: int) -> int:
+        """Deliver a due virtual interrupt or run the guest on the core until its next exit; return steps."""
+        irq = vm.interrupt_due()
+        if irq is not None:
+            with Stopwatch(vm.stats):
+                vm.inject(*irq)
+            return 1
+        timer_armed = bool(vm.vstate[S.TIMER])
+        code, retired = vm.run_direct(self.core, budget, self.flags)
+        if code in (S.EXIT_BUDGET, S.EXIT_HALT):
+            if timer_armed and not vm.vstate[S.TIMER]:
+                vm.stats.exits["TIMER"] += 1  # the virtual timer expired: the core stopped for it
+            return retired
+        with Stopwatch(vm.stats):
+            return retired + self.handle_exit(vm, code)
+
+    def handle_exit(self, vm: VM, code: int) -> int:
+        """Handle one exit of the guest from the core; return the guest steps it accounts for."""
+        r = vm.rstate
+        if code == S.EXIT_TRAP:
+            cause, info = int(r[S.XCAUSE]), int(r[S.XINFO])
+            vm.stats.exits[cause_label(cause)] += 1
+            if cause in (TIMER_IRQ, DEVICE_IRQ):  # a real interrupt the guest cannot own: drop it
+                r[S.PENDING] = 0
+                return 0
+            if cause == PRIV and vm.supervisor:
+                return vm.emulate_one()  # a privileged instruction of the guest kernel
+            vm.reflect(cause, info)
+            return 1
+        vm.stats.exits[S.EXIT_NAMES[code]] += 1
+        if code == S.EXIT_IO:  # in/out executed in real user mode: it reaches the host's real devices
+            return self.real_io(vm)
+        if code == S.EXIT_IDLE:  # wfi executed in real user mode: the real processor waits for a real interrupt
+            vm.error = (
+                f"wfi at {int(vm.vstate[S.PC]):#010x} ran untrapped on the real processor, "
+                "which has no interrupt to wake it (the virtual timer does not reach real hardware)"
+            )
+            return 0
+        vm.error = f"unexpected exit {S.EXIT_NAMES[code]} from the core"
+        return 0
+
+    def real_io(self, vm: VM) -> int:
+        """Perform an untrapped in/out on the host's own devices, not the VM's: the guest cannot see it."""
+        r = vm.rstate
+        vm.host_io.append((int(r[S.IO_PORT]), bool(r[S.IO_WRITE]), int(r[S.IO_VALUE])))
+        vm.vstate[S.IO_WRITE], vm.vstate[S.IO_REG] = r[S.IO_WRITE], r[S.IO_REG]
+        S.complete_io(vm.vstate, 0xFFFFFFFF)  # the host's ports read as absent to a guest
+        return 1

@@ -1,0 +1,196 @@
+"""A virtual machine: a slice of the host's memory, a virtual CPU, virtual devices and statistics.
+
+The virtual CPU (``vstate``) is a full P32 state in the shared layout: exactly what the same guest would have
+in its state array on a bare machine of ``memsize`` bytes. Monitors keep it up to date; the equivalence tests
+compare it, and ``mem``, with a bare run. ``rstate`` is the real processor state the monitor loads into the
+core when it runs the guest directly (real user mode, relocation composed with the slice, host flags set).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from popek.cores import CoreRun, reference
+from popek.isa import state as S
+from popek.isa.devices import Console, PortBus
+from popek.isa.profiles import Profile, load_profile
+from popek.isa.spec import CAUSE_NAMES, PSW_IE, PSW_S
+
+
+@dataclass
+class VMStats:
+    """Everything a monitor did for one VM."""
+
+    exits: Counter = field(default_factory=Counter)  # by cause: PRIV, SYSCALL, io, idle, hcall, ...
+    emulated: int = 0  # guest instructions the monitor executed in software
+    reflected: int = 0  # traps reflected into the guest kernel
+    injected: int = 0  # virtual interrupts delivered
+    monitor_seconds: float = 0.0  # wall time spent in the monitor's own (Python) code
+    extra: Counter = field(default_factory=Counter)  # monitor-specific counts (translations, hypercalls...)
+
+    def as_dict(self) -> dict:
+        """The statistics as plain JSON-ready values."""
+        return {"exits": dict(self.exits), "total_exits": sum(self.exits.values()), "emulated": self.emulated,
+                "reflected": self.reflected, "injected": self.injected,
+                "monitor_seconds": round(self.monitor_seconds, 6), **dict(self.extra)}  # fmt: skip
+
+
+class VM:
+    """One guest: ``memsize`` bytes at ``offset`` in the host memory ``host_mem``, its CPU and console."""
+
+    def __init__(
+        self,
+        name: str,
+        host_mem: np.ndarray,
+        offset: int,
+        memsize: int,
+        profile: str | Profile | None = None,
+        console_input: bytes = b"",
+    ) -> None:
+        if offset < 0 or offset + memsize > len(host_mem):
+            raise ValueError(f"VM {name}: slice [{offset:#x}, {offset + memsize:#x}) is outside host memory")
+        self.name, self.host_mem, self.offset, self.memsize = name, host_mem, offset, memsize
+        self.mem = host_mem[offset : offset + memsize]  # a view: the guest's physical memory, no copy
+        self.profile = load_profile(profile)
+        self.vstate = S.new_state(memsize, self.profile.array())
+        self.rstate = S.new_state(len(host_mem), self.profile.array())
+        self.console = Console(console_input)
+        self.bus = PortBus(self.console)
+        self.vcpu = reference.Cpu(self.vstate, self.mem)  # for instructions the monitor emulates
+        self.stats = VMStats()
+        self.host_io: list[tuple[int, bool, int]] = []  # untrapped port I/O that reached the host's devices
+        self.halted = False
+        self.error = ""  # why the VM stopped, when it did not halt
+
+    @property
+    def stopped(self) -> bool:
+        """True once the guest halted or stopped with an error."""
+        return self.halted or bool(self.error)
+
+    def load(self, image: bytes, addr: int = 0) -> None:
+        """Copy an image into guest-physical memory at ``addr``."""
+        if addr + len(image) > self.memsize:
+            raise ValueError(f"VM {self.name}: image of {len(image)} bytes does not fit in {self.memsize} bytes")
+        self.mem[addr : addr + len(image)] = np.frombuffer(bytes(image), dtype=np.uint8)
+
+    # --- the virtual CPU -------------------------------------------------------------------------------
+    @property
+    def supervisor(self) -> bool:
+        """True when the guest is in virtual supervisor mode."""
+        return bool(self.vstate[S.PSW] & PSW_S)
+
+    def interrupt_due(self) -> tuple[int, int] | None:
+        """The virtual interrupt the guest would take now, if any."""
+        return reference.pending_interrupt(self.vstate)
+
+    def inject(self, cause: int, info: int) -> None:
+        """Deliver a virtual interrupt: a trap into the guest's vector at the next instruction."""
+        reference.enter_trap(self.vstate, self.memsize, cause, info, int(self.vstate[S.PC]))
+        self.vstate[S.STEPS] += 1
+        self.stats.injected += 1
+
+    def reflect(self, cause: int, info: int) -> None:
+        """Deliver a trap the guest caused to the guest kernel's own vector, as the bare machine would."""
+        reference.enter_trap(self.vstate, self.memsize, cause, info, int(self.vstate[S.PC]))
+        self.vstate[S.STEPS] += 1
+        self.stats.reflected += 1
+
+    def emulate(self, budget: int, until_user: bool = False) -> int:
+        """Interpret up to ``budget`` guest steps in software on the virtual CPU; return the steps run.
+
+        With ``until_user`` it stops as soon as the guest is in virtual user mode (the hybrid monitor).
+        """
+        v = self.vstate
+        start = int(v[S.STEPS])
+        done = 0
+        while not self.stopped and done < budget and not (until_user and not self.supervisor):
+            code = reference.run(v, self.mem, budget - done, until_user)
+            self.device_exit(code)
+            done = int(v[S.STEPS]) - start
+        self.stats.emulated += done
+        return done
+
+    def emulate_one(self) -> int:
+        """Emulate one step of the guest (an instruction, or a pending interrupt); return the steps it took."""
+        before = int(self.vstate[S.STEPS])
+        self.device_exit(reference.step(self.vcpu))
+        steps = int(self.vstate[S.STEPS]) - before  # 0 when it stopped the guest (an endless wfi)
+        self.stats.emulated += steps
+        return steps
+
+    def device_exit(self, code: int | None) -> None:
+        """Finish what stopped the virtual CPU: port I/O on the virtual devices, halt, or an endless wfi."""
+        v = self.vstate
+        if code == S.EXIT_IO:
+            self.bus.complete(v)
+        elif code == S.EXIT_HALT:
+            self.halted = True
+        elif code == S.EXIT_IDLE:
+            self.error = f"wfi at {int(v[S.PC]):#010x} can never end: no interrupt pending, timer 0, no device"
+        elif code == S.EXIT_HCALL:  # only with F_HCALL_TO_HOST, which the virtual CPU never has
+            self.error = "unexpected hypercall exit"
+
+    # --- direct execution ------------------------------------------------------------------------------
+    def load_real_state(self, flags: int) -> None:
+        """Prepare the real CPU to run the guest directly: guest registers, real user mode, composed R."""
+        v, r = self.vstate, self.rstate
+        r[S.R0 : S.PC + 1] = v[S.R0 : S.PC + 1]
+        vbase, vbound = int(v[S.BASE]), int(v[S.BOUND])
+        room = self.memsize - vbase
+        # Composed relocation: the guest's own R, further confined to its slice of host memory.
+        r[S.BASE] = self.offset + vbase if room > 0 else self.offset
+        r[S.BOUND] = min(vbound, room) if room > 0 else 0
+        r[S.PSW] = v[S.PSW] & PSW_IE  # always real user mode; IE mirrors the guest's own
+        r[S.TIMER] = r[S.PENDING] = 0  # virtual time is kept by the monitor, not the real timer
+        r[S.FLAGS] = flags
+
+    def save_real_state(self, cycle0: int) -> int:
+        """Copy the guest's registers back from the real CPU and account retired instructions to virtual time."""
+        v, r = self.vstate, self.rstate
+        v[S.R0 : S.PC + 1] = r[S.R0 : S.PC + 1]
+        retired = int(r[S.CYCLE]) - cycle0
+        v[S.CYCLE] += retired
+        v[S.STEPS] += retired
+        timer = int(v[S.TIMER])
+        if timer:
+            timer = max(0, timer - retired)  # the monitor never runs the guest past the timer's expiry
+            v[S.TIMER] = timer
+            if timer == 0:
+                v[S.PENDING] |= S.PEND_TIMER
+        return retired
+
+    def run_direct(self, core: CoreRun, budget: int, flags: int = S.F_TRAPS_TO_HOST) -> tuple[int, int]:
+        """Run the guest on the core until it exits, at most ``budget`` retirements; return (exit, retired)."""
+        self.load_real_state(flags)
+        timer = int(self.vstate[S.TIMER])
+        if timer:
+            budget = min(budget, timer)  # stop exactly where the virtual timer expires
+        cycle0 = int(self.rstate[S.CYCLE])
+        code = core(self.rstate, self.host_mem, budget)
+        if code == S.EXIT_HALT:
+            self.vstate[S.STATUS] = self.rstate[S.STATUS]
+            self.halted = True
+        return code, self.save_real_state(cycle0)
+
+
+def cause_label(cause: int) -> str:
+    """A short name for an exit cause."""
+    return CAUSE_NAMES.get(cause, str(cause))
+
+
+class Stopwatch:
+    """Accumulates wall time into a VM's ``monitor_seconds`` (use as a context manager)."""
+
+    def __init__(self, stats: VMStats) -> None:
+        self.stats = stats
+
+    def __enter__(self) -> Stopwatch:
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stats.monitor_seconds += time.perf_counter() - self.t0
