@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from popek.cores import CoreUnavailable, get_core  # noqa: E402
 from popek.isa.asm import assemble_file  # noqa: E402
-from popek.isa.machine import Machine  # noqa: E402
+from popek.vmm.host import Machine  # noqa: E402
 
 # name, source, defines for the fast cores, defines for the reference core
 PROGRAMS = [

@@ -14,9 +14,10 @@ import numpy as np
 from popek import guests
 from popek.cores import CORE_NAMES, CoreUnavailable
 from popek.isa import state as S
-from popek.isa.machine import DEFAULT_CORE, DEFAULT_MEMSIZE, Machine, RunResult, cause_name, parse_size
 from popek.isa.profiles import ProfileError, load_profile
-from popek.isa.spec import PSW_S
+from popek.isa.spec import PSW_S, cause_name
+from popek.vmm.host import DEFAULT_CORE, DEFAULT_MEMSIZE, RunResult, parse_size
+from popek.vmm.vm import VM
 
 EXIT_LIMIT = 124  # the guest did not halt within --max-steps
 EXIT_STUCK = 125  # the guest stopped in an endless wfi or the core failed
@@ -78,13 +79,13 @@ def cmd_disasm(args: argparse.Namespace) -> int:
 
 
 # --- run ------------------------------------------------------------------------------------------------
-def _trace_step(machine: Machine, before: np.ndarray) -> None:
+def _trace_step(vm: VM, before: np.ndarray) -> None:
     from popek.isa.disasm import disassemble_word
 
-    after = machine.state
+    after = vm.vstate
     if after[S.CYCLE] != before[S.CYCLE]:  # an instruction retired
         pc, base = int(before[S.PC]), int(before[S.BASE])
-        word = int.from_bytes(machine.mem[base + pc : base + pc + 4].tobytes(), "little")
+        word = int.from_bytes(vm.mem[base + pc : base + pc + 4].tobytes(), "little")
         mode = "S" if before[S.PSW] & PSW_S else "U"
         print(f"{int(before[S.CYCLE]):>10} {mode} {pc:08x}: {word:08x}  {disassemble_word(word, pc)}")
     elif after[S.STEPS] != before[S.STEPS]:  # a trap or interrupt was taken
@@ -97,20 +98,18 @@ def _trace_step(machine: Machine, before: np.ndarray) -> None:
 
 def _print_stats(result: RunResult, wall: float) -> None:
     st = result.stats
-    print(f"--- {st.get('monitor', 'bare')}: {result.steps} steps, cycle {st['cycle']}, {wall:.3f} s", file=sys.stderr)
-    if "exits" in st:
-        exits = ", ".join(f"{k} {v}" for k, v in sorted(st["exits"].items(), key=lambda kv: -kv[1])) or "none"
-        print(f"    exits: {st['total_exits']} ({exits})", file=sys.stderr)
+    print(f"--- {st['monitor']}: {result.steps} steps, cycle {st['cycle']}, {wall:.3f} s", file=sys.stderr)
+    exits = ", ".join(f"{k} {v}" for k, v in sorted(st["exits"].items(), key=lambda kv: -kv[1])) or "none"
+    print(f"    exits: {st['total_exits']} ({exits})", file=sys.stderr)
+    if st["monitor"] != "bare":
         print(
             f"    emulated {st['emulated']}, reflected {st['reflected']}, injected {st['injected']}, "
             f"time in monitor {st['monitor_seconds']:.3f} s",
             file=sys.stderr,
         )
-        extra = {k: v for k, v in st.items() if k not in _BASE_STATS}
-        if extra:
-            print("    " + ", ".join(f"{k} {v}" for k, v in extra.items()), file=sys.stderr)
-    else:
-        print(f"    io exits {st['io_exits']}", file=sys.stderr)
+    extra = {k: v for k, v in st.items() if k not in _BASE_STATS}
+    if extra:
+        print("    " + ", ".join(f"{k} {v}" for k, v in extra.items()), file=sys.stderr)
 
 
 _BASE_STATS = {"monitor", "cycle", "exits", "total_exits", "emulated", "reflected", "injected", "monitor_seconds"}
@@ -118,18 +117,16 @@ _BASE_STATS = {"monitor", "cycle", "exits", "total_exits", "emulated", "reflecte
 
 def run_guest(args: argparse.Namespace) -> RunResult:
     """Run one guest as the ``run`` options say, on the bare machine or under a monitor."""
-    image, _ = load_program(args.file, _defines(args.define))
-    memsize = parse_size(args.mem)
-    console_input = args.input.encode() if args.input else b""
-    if args.monitor == "bare":
-        machine = Machine(memsize, args.profile, args.core, console_input)
-        machine.load(image)
-        return machine.run(args.max_steps, _trace_step if args.trace else None)
-    if args.trace:
-        raise UsageError("--trace is available on the bare machine (--monitor bare)")
     from popek.vmm.host import GuestSpec, Host
 
-    host = Host([GuestSpec(Path(args.file).stem, image, args.monitor, args.profile, memsize, console_input)], args.core)
+    image, _ = load_program(args.file, _defines(args.define))
+    console_input = args.input.encode() if args.input else b""
+    if args.trace and args.monitor != "bare":
+        raise UsageError("--trace is available on the bare machine (--monitor bare)")
+    spec = GuestSpec(Path(args.file).stem, image, args.monitor, args.profile, parse_size(args.mem), console_input)
+    host = Host([spec], args.core)
+    if args.trace:
+        host.monitors[0].on_step = _trace_step
     return host.run(args.max_steps)[0]
 
 
@@ -240,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a guest program")
     r.add_argument("file")
     r.add_argument("--profile", default="classic", help="classic, x86like or a profile .toml file")
-    r.add_argument("--monitor", default="bare", choices=["bare", *MONITORS], help="bare machine or a monitor")
+    r.add_argument("--monitor", default="bare", choices=list(MONITORS), help="bare machine or a monitor")
     r.add_argument("--trace", action="store_true", help="print each instruction and trap (bare machine)")
     r.add_argument("--stats", action="store_true", help="print statistics to stderr")
     r.add_argument("--json", action="store_true", help="print one JSON object instead of the console")

@@ -99,7 +99,7 @@ def host_continue(st_: np.ndarray, memsize: int, code: int, in_value: int) -> bo
     elif code == S.EXIT_HCALL:
         S.retire(st_)
     elif code == S.EXIT_TRAP:  # deliver it into the guest, as a monitor reflecting the trap would
-        reference.enter_trap(st_, memsize, int(st_[S.XCAUSE]), int(st_[S.XINFO]), int(st_[S.PC]))
+        S.enter_trap(st_, memsize, int(st_[S.XCAUSE]), int(st_[S.XINFO]), int(st_[S.PC]))
         st_[S.STEPS] += 1
     elif code != S.EXIT_BUDGET:
         return False

@@ -19,11 +19,10 @@ from popek.cli import main as popek
 from popek.cores import CoreUnavailable, get_core, reference
 from popek.isa import state as S
 from popek.isa.asm import assemble
-from popek.isa.machine import Machine
 from popek.isa.profiles import Profile, load_profile
 from popek.isa.spec import BY_MNEMONIC, CR_NUMBER, EXECUTE, IGNORE, NUM_CRS, PROFILE_KEYS, PSW_IE, PSW_S, TRAP, encode
 from popek.vmm import checker
-from popek.vmm.host import GuestSpec, Host
+from popek.vmm.host import GuestSpec, Host, Machine
 from tests.strategies import Prog, instruction_words, skip_handler
 
 

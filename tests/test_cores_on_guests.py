@@ -9,7 +9,7 @@ import pytest
 
 from popek.cores import CoreUnavailable, get_core
 from popek.isa.asm import assemble_file
-from popek.isa.machine import Machine
+from popek.vmm.host import Machine
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"
 BUILDS = sorted(

@@ -15,9 +15,8 @@ import pytest
 
 from popek.isa import state as S
 from popek.isa.asm import Program, assemble_file
-from popek.isa.machine import Machine, RunResult
 from popek.isa.spec import BY_MNEMONIC, CR_NUMBER, DIVZERO, MEM_FAULT, PRIV, decode, encode
-from popek.vmm.host import GuestSpec, Host
+from popek.vmm.host import GuestSpec, Host, Machine, RunResult
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"
 TRAPDEMO = GUESTS / "programs" / "trapdemo.s"

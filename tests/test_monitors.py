@@ -17,9 +17,8 @@ from hypothesis import strategies as st
 from popek.cli import main as popek
 from popek.isa import state as S
 from popek.isa.asm import assemble_file
-from popek.isa.machine import Machine
 from popek.isa.spec import CR_NUMBER, PSW_IE, PSW_S
-from popek.vmm.host import GuestSpec, Host
+from popek.vmm.host import GuestSpec, Host, Machine
 from tests.strategies import Prog, instruction_words, skip_handler
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from popek.isa.asm import assemble_file
-from popek.isa.machine import Machine
+from popek.vmm.host import Machine
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "guests" / "programs"
 

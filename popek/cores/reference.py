@@ -298,31 +298,13 @@ def profile_key(d: spec.Decoded) -> str | None:
     return key
 
 
-def enter_trap(s: np.ndarray, memsize: int, cause: int, info: int, epc: int) -> None:
-    """Take a trap into the guest's vector (ISA §4): save PSW, PC and R, go to supervisor mode at ivt."""
-    s[S.EPC], s[S.EPSW], s[S.EBASE], s[S.EBOUND] = epc & M32, s[S.PSW], s[S.BASE], s[S.BOUND]
-    s[S.CAUSE], s[S.BADADDR] = cause, info & M32
-    s[S.PSW], s[S.BASE], s[S.BOUND], s[S.PC] = PSW_S, 0, memsize, s[S.IVT]
-
-
 def _trap(s: np.ndarray, memsize: int, cause: int, info: int) -> int | None:
     """Deliver a trap at the current pc: to the host (an exit code) or into the guest (None)."""
     if s[S.FLAGS] & S.F_TRAPS_TO_HOST:
         s[S.XCAUSE], s[S.XINFO] = cause, info & M32
         return S.EXIT_TRAP
-    enter_trap(s, memsize, cause, info, int(s[S.PC]))
+    S.enter_trap(s, memsize, cause, info, int(s[S.PC]))
     s[S.STEPS] += 1
-    return None
-
-
-def pending_interrupt(s: np.ndarray) -> tuple[int, int] | None:
-    """The interrupt the core would take now (cause, badaddr), or None."""
-    if not s[S.PSW] & PSW_IE:
-        return None
-    if s[S.PENDING] & S.PEND_TIMER:
-        return spec.TIMER_IRQ, 0
-    if s[S.PENDING] & S.PEND_DEVICE:
-        return spec.DEVICE_IRQ, int(s[S.DEVNUM])
     return None
 
 
@@ -336,7 +318,7 @@ def step(cpu: Cpu) -> int | None:
 
 def _step(cpu: Cpu) -> int | None:
     s = cpu.s
-    irq = pending_interrupt(s)
+    irq = S.pending_interrupt(s)
     if irq is not None:
         return _pv_trap(cpu, *irq)  # paravirtual support: _trap, or delivery into a PV guest kernel
     pc = int(s[S.PC])
@@ -372,15 +354,8 @@ def _step(cpu: Cpu) -> int | None:
 
 
 def _retire(cpu: Cpu) -> None:
-    s = cpu.s
-    s[S.PC] = cpu.next_pc & M32
-    s[S.CYCLE] += 1
-    s[S.STEPS] += 1
-    if cpu.tick_timer and s[S.TIMER]:
-        s[S.TIMER] -= 1
-        if s[S.TIMER] == 0:
-            s[S.PENDING] |= S.PEND_TIMER
-            _pv_timer_expired(cpu)  # paravirtual support
+    if S.retire(cpu.s, cpu.next_pc, cpu.tick_timer):
+        _pv_timer_expired(cpu)  # paravirtual support
 
 
 def run(state: np.ndarray, mem: np.ndarray, budget: int, until_user: bool = False) -> int:

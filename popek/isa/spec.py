@@ -8,6 +8,7 @@ does in user mode.  The cores' semantics live in ``popek/cores``; everything els
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 # Encoding formats (ISA §3).
 FMT_R = "R"  # a=bits 23-20, b=19-16, c=15-12, bits 11-0 zero
@@ -101,8 +102,29 @@ PSW_IE = 2  # interrupts enabled
 # Trap causes (ISA §4).
 SYSCALL, PRIV, ILLEGAL, MEM_FAULT, ALIGN, DIVZERO, BREAK = 1, 2, 3, 4, 5, 6, 7
 TIMER_IRQ, DEVICE_IRQ = 16, 17
-CAUSE_NAMES = {SYSCALL: "SYSCALL", PRIV: "PRIV", ILLEGAL: "ILLEGAL", MEM_FAULT: "MEM", ALIGN: "ALIGN",
-               DIVZERO: "DIVZERO", BREAK: "BREAK", TIMER_IRQ: "TIMER", DEVICE_IRQ: "DEVICE"}  # fmt: skip
+
+
+class Cause(IntEnum):
+    """Trap and interrupt causes by name (the ``cause`` register's values)."""
+
+    SYSCALL = SYSCALL
+    PRIV = PRIV
+    ILLEGAL = ILLEGAL
+    MEM = MEM_FAULT
+    ALIGN = ALIGN
+    DIVZERO = DIVZERO
+    BREAK = BREAK
+    TIMER = TIMER_IRQ
+    DEVICE = DEVICE_IRQ
+
+
+CAUSE_NAMES = {c.value: c.name for c in Cause}
+
+
+def cause_name(cause: int) -> str:
+    """The name of a trap cause (``SYSCALL``…), or its number when it has none."""
+    return CAUSE_NAMES.get(cause, str(cause))
+
 
 # Register names and aliases.
 REG_ALIASES = {"zero": 0, "sp": 14, "lr": 15}

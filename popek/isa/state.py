@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from popek.isa.spec import CR_CYCLE, CR_TIMER, NUM_CRS, PROFILE_KEYS, PSW_S
+from popek.isa.spec import CR_CYCLE, CR_TIMER, DEVICE_IRQ, NUM_CRS, PROFILE_KEYS, PSW_IE, PSW_S, TIMER_IRQ
 
 # Slots.
 R0 = 0  # r0..r15 at 0..15
@@ -56,6 +56,12 @@ EXIT_IDLE = 5  # wfi with nothing pending and nothing that could ever make it pe
 EXIT_ERROR = 6  # the core could not go on (never caused by a guest; a bug)
 EXIT_NAMES = ["halt", "budget", "trap", "io", "hcall", "idle", "error"]
 # Exit codes 7-9 are reserved for the binary-rewriting support, 10-12 for the paravirtual support.
+
+
+def exit_name(code: int) -> str:
+    """The name of a core exit code (``halt``, ``io``…), or its number when it is not a base exit."""
+    return EXIT_NAMES[code] if 0 <= code < len(EXIT_NAMES) else f"exit {code}"
+
 
 # --- binary-rewriting support (docs/isa.md, "Binary-rewriting support"; popek/vmm/monitors/rewrite.py) ---------
 # A monitor keeps a *shadow copy* of a guest's code, rewritten, in its own memory D bytes below the guest.
@@ -117,21 +123,48 @@ def new_state(memsize: int, profile: np.ndarray | None = None) -> np.ndarray:
     return state
 
 
-def retire(state: np.ndarray, next_pc: int | None = None) -> None:
-    """Retire an instruction the host emulated: move pc on, tick cycle and the timer (ISA §4, Time)."""
-    state[PC] = (int(state[PC]) + 4 if next_pc is None else next_pc) & MASK32
-    state[CYCLE] += 1
-    state[STEPS] += 1
-    if state[TIMER]:
-        state[TIMER] -= 1
-        if state[TIMER] == 0:
-            state[PENDING] |= PEND_TIMER
+# --- architectural transitions (ISA §4), the one home of what every core's Python side and monitor does ---
+# They work on a state array or on the reference core's list copy of it alike.
 
 
-def complete_io(state: np.ndarray, value: int = 0) -> None:
+def enter_trap(s: np.ndarray, memsize: int, cause: int, info: int, epc: int) -> None:
+    """Take a trap into the guest's vector (ISA §4): save PSW, PC and R, go to supervisor mode at ivt."""
+    s[EPC], s[EPSW], s[EBASE], s[EBOUND] = epc & MASK32, s[PSW], s[BASE], s[BOUND]
+    s[CAUSE], s[BADADDR] = cause, info & MASK32
+    s[PSW], s[BASE], s[BOUND], s[PC] = PSW_S, 0, memsize, s[IVT]
+
+
+def pending_interrupt(s: np.ndarray) -> tuple[int, int] | None:
+    """The interrupt the machine takes before its next instruction (cause, badaddr), or None."""
+    if not s[PSW] & PSW_IE:
+        return None
+    if s[PENDING] & PEND_TIMER:
+        return TIMER_IRQ, 0
+    if s[PENDING] & PEND_DEVICE:
+        return DEVICE_IRQ, int(s[DEVNUM])
+    return None
+
+
+def retire(s: np.ndarray, next_pc: int | None = None, tick: bool = True) -> bool:
+    """Retire an instruction: pc moves on, cycle and steps count it, the timer ticks (ISA §4, Time).
+
+    Returns True when the timer expired at this retirement (its interrupt is then pending).
+    """
+    s[PC] = (int(s[PC]) + 4 if next_pc is None else next_pc) & MASK32
+    s[CYCLE] += 1
+    s[STEPS] += 1
+    if tick and s[TIMER]:
+        s[TIMER] -= 1
+        if s[TIMER] == 0:
+            s[PENDING] |= PEND_TIMER
+            return True
+    return False
+
+
+def complete_io(s: np.ndarray, value: int = 0) -> None:
     """Finish an EXIT_IO: store what ``in`` read into its register, then retire the instruction."""
-    if not state[IO_WRITE]:
-        reg = int(state[IO_REG])
+    if not s[IO_WRITE]:
+        reg = int(s[IO_REG])
         if reg:
-            state[R0 + reg] = value & MASK32
-    retire(state)
+            s[R0 + reg] = value & MASK32
+    retire(s)

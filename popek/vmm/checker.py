@@ -1312,8 +1312,7 @@ def run_witness_program(
     image: bytes, profile: Profile, monitor: str, inp: bytes, core: str = "reference"
 ) -> RunSummary:
     """Run a witness on the bare machine (``monitor`` = "bare") or under a monitor."""
-    from popek.isa.machine import Machine
-    from popek.vmm.host import GuestSpec, Host
+    from popek.vmm.host import GuestSpec, Host, Machine
 
     if monitor == "bare":
         machine = Machine(WMEM, profile, core, inp)

@@ -10,9 +10,8 @@ from rich.table import Table
 from popek import guests
 from popek.cores import CoreUnavailable, get_core
 from popek.isa.asm import assemble_file
-from popek.isa.machine import Machine, RunResult
-from popek.vmm.host import GuestSpec, Host
-from popek.vmm.monitors import MONITORS
+from popek.vmm.host import GuestSpec, Host, RunResult
+from popek.vmm.monitors import STRATEGIES
 
 GUESTS = guests.DIR
 out = Console()
@@ -22,19 +21,16 @@ def _image(rel: str, **defines: int) -> bytes:
     return assemble_file(str(GUESTS / rel), defines=defines or None).image
 
 
-def _bare(image: bytes, core: str = "jit", profile: str = "classic") -> tuple[RunResult, float]:
-    machine = Machine(profile=profile, core=core)
-    machine.load(image)
-    t0 = time.perf_counter()
-    result = machine.run()
-    return result, time.perf_counter() - t0
-
-
 def _under(image: bytes, monitor: str, core: str, profile: str = "classic") -> tuple[RunResult, float]:
+    """Run ``image`` under ``monitor``; return its result and the wall time of the run alone (not the set-up)."""
     host = Host([GuestSpec("guest", image, monitor, profile)], core)
     t0 = time.perf_counter()
     result = host.run()[0]
     return result, time.perf_counter() - t0
+
+
+def _bare(image: bytes, core: str = "jit", profile: str = "classic") -> tuple[RunResult, float]:
+    return _under(image, "bare", core, profile)
 
 
 def tour(core: str = "jit") -> int:
@@ -67,7 +63,7 @@ def tour(core: str = "jit") -> int:
     bare, bare_secs = _bare(kernel, core)
     table = Table("monitor", "guest", "same task output as bare", "status", "guest steps", "exits", "x bare time")
     table.add_row("bare", "native", "-", str(bare.status), str(bare.steps), "-", "1.0")
-    for name in MONITORS:
+    for name in STRATEGIES[1:]:
         pv = name == "pv"
         result, secs = _under(pv_kernel if pv else kernel, name, core)
         same = _task_lines(result.console) == _task_lines(bare.console) and result.status == bare.status
@@ -83,7 +79,7 @@ def tour(core: str = "jit") -> int:
     whoami = _image("demos/whoami.s")
     for profile in ("classic", "x86like"):
         runs = [("bare", _bare(whoami, core, profile)[0])]
-        runs += [(m, _under(whoami, m, core, profile)[0]) for m in ("trap", "rewrite") if m in MONITORS]
+        runs += [(m, _under(whoami, m, core, profile)[0]) for m in ("trap", "rewrite")]
         for label, result in runs:
             out.print(f"  {profile:8} {label:8} {result.console.strip()}", markup=False)
     out.print("On x86like getpsw does not trap, so the deprivileged kernel sees that it runs in user mode;")

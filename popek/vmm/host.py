@@ -9,20 +9,58 @@ time only counts its own instructions).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from popek.cores import CoreRun
 from popek.isa import state as S
-from popek.isa.machine import RunResult
 from popek.isa.profiles import Profile
 from popek.isa.spec import EXECUTE
 from popek.vmm.monitors import get_monitor
+from popek.vmm.monitors.bare import Bare, StepHook
 from popek.vmm.monitors.base import DirectExecution, Monitor
 from popek.vmm.vm import VM
 
 MONITOR_RESERVED = 64 * 1024
 DEFAULT_SLICE = 100_000
+DEFAULT_MEMSIZE = 1 << 20
+DEFAULT_CORE = "jit"
+DEFAULT_MAX_STEPS = 100_000_000
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Parse a memory size such as ``65536``, ``64K`` or ``4M`` (binary units)."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ValueError(f"invalid memory size '{text}' (examples: 65536, 64K, 4M)")
+    size = int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
+    if not 16 <= size <= 1 << 30 or size % 4:
+        raise ValueError(f"memory size {text} must be a multiple of 4 between 16 bytes and 1G")
+    return size
+
+
+@dataclass
+class RunResult:
+    """What a run produced, under any monitor: console output, exit status and the final guest state."""
+
+    console: str
+    status: int
+    steps: int
+    halted: bool
+    regs: list[int]
+    pc: int
+    exit: str  # halt, limit, idle or error
+    message: str = ""  # why the guest stopped, when it did not halt
+    stats: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The JSON object of ``popek run --json``."""
+        return {"console": self.console, "status": self.status, "steps": self.steps, "halted": self.halted,
+                "regs": self.regs, "pc": self.pc, "stats": self.stats}  # fmt: skip
 
 
 @dataclass
@@ -32,8 +70,8 @@ class GuestSpec:
     name: str
     image: bytes
     monitor: str = "trap"
-    profile: str | None = None
-    memsize: int = 1 << 20
+    profile: str | Profile | None = None
+    memsize: int = DEFAULT_MEMSIZE
     console_input: bytes = b""
 
 
@@ -56,7 +94,7 @@ def confinement_leak(profile: Profile) -> str:
 class Host:
     """A host machine running several VMs, each with its own monitor, profile, memory and console."""
 
-    def __init__(self, guests: list[GuestSpec], core: str = "jit") -> None:
+    def __init__(self, guests: list[GuestSpec], core: str | CoreRun = DEFAULT_CORE) -> None:
         self.monitors: list[Monitor] = [get_monitor(g.monitor, core) for g in guests]
         # The monitor region grows by what the monitors ask for (the rewriting monitor's shadow copies).
         areas = [-(-m.host_bytes(g.memsize) // 4) * 4 for m, g in zip(self.monitors, guests, strict=True)]
@@ -85,8 +123,10 @@ class Host:
                     f"the '{mon.name}' monitor could not keep it inside its memory; run it under 'full' or alone"
                 )
 
-    def run(self, max_steps: int = 100_000_000, slice_steps: int = DEFAULT_SLICE) -> list[RunResult]:
+    def run(self, max_steps: int = DEFAULT_MAX_STEPS, slice_steps: int = DEFAULT_SLICE) -> list[RunResult]:
         """Run every VM round-robin until all stop or each reaches ``max_steps``; return their results."""
+        if len(self.vms) == 1:
+            slice_steps = max_steps  # nobody to share the machine with
         while True:
             progressed = False
             for i, (vm, mon) in enumerate(zip(self.vms, self.monitors, strict=True)):
@@ -119,3 +159,55 @@ class Host:
             message=message,
             stats=stats,
         )
+
+
+def run_guest(
+    image: bytes,
+    monitor: str = "bare",
+    profile: str | Profile | None = None,
+    core: str | CoreRun = DEFAULT_CORE,
+    memsize: int = DEFAULT_MEMSIZE,
+    console_input: bytes = b"",
+    max_steps: int = DEFAULT_MAX_STEPS,
+    name: str = "guest",
+) -> RunResult:
+    """Run one guest image to halt under ``monitor`` (``bare`` for the machine alone): the one way to run a guest."""
+    return Host([GuestSpec(name, image, monitor, profile, memsize, console_input)], core).run(max_steps)[0]
+
+
+class Machine:
+    """The bare machine: one guest alone on the hardware, its state and memory open to inspection.
+
+    A host of one VM under the ``bare`` monitor, so it runs and reports exactly as every monitored guest does.
+    """
+
+    def __init__(
+        self,
+        memsize: int = DEFAULT_MEMSIZE,
+        profile: str | Profile | None = None,
+        core: str | CoreRun = DEFAULT_CORE,
+        console_input: bytes = b"",
+    ) -> None:
+        self.host = Host([GuestSpec("machine", b"", "bare", profile, memsize, console_input)], core)
+        self.vm = self.host.vms[0]
+        self.monitor: Bare = self.host.monitors[0]
+        self.state, self.mem, self.console, self.profile = self.vm.vstate, self.vm.mem, self.vm.console, self.vm.profile
+
+    @property
+    def halted(self) -> bool:
+        """True once the guest executed ``halt``."""
+        return self.vm.halted
+
+    def load(self, image: bytes, addr: int = 0) -> None:
+        """Copy an image into physical memory at ``addr``."""
+        self.vm.load(image, addr)
+
+    def run(self, max_steps: int = DEFAULT_MAX_STEPS, on_step: StepHook | None = None) -> RunResult:
+        """Run until ``halt``, an endless ``wfi`` or ``max_steps`` more steps; ``on_step`` traces each step."""
+        self.monitor.on_step = on_step
+        self.host.steps[0] = 0
+        return self.host.run(max_steps)[0]
+
+    def result(self) -> RunResult:
+        """The machine's current state as a RunResult."""
+        return self.host.result(0)

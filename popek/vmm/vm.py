@@ -18,7 +18,7 @@ from popek.cores import CoreRun, reference
 from popek.isa import state as S
 from popek.isa.devices import Console, PortBus
 from popek.isa.profiles import Profile, load_profile
-from popek.isa.spec import CAUSE_NAMES, PSW_IE, PSW_S
+from popek.isa.spec import PSW_IE, PSW_S
 
 
 @dataclass
@@ -85,17 +85,17 @@ class VM:
 
     def interrupt_due(self) -> tuple[int, int] | None:
         """The virtual interrupt the guest would take now, if any."""
-        return reference.pending_interrupt(self.vstate)
+        return S.pending_interrupt(self.vstate)
 
     def inject(self, cause: int, info: int) -> None:
         """Deliver a virtual interrupt: a trap into the guest's vector at the next instruction."""
-        reference.enter_trap(self.vstate, self.memsize, cause, info, int(self.vstate[S.PC]))
+        S.enter_trap(self.vstate, self.memsize, cause, info, int(self.vstate[S.PC]))
         self.vstate[S.STEPS] += 1
         self.stats.injected += 1
 
     def reflect(self, cause: int, info: int) -> None:
         """Deliver a trap the guest caused to the guest kernel's own vector, as the bare machine would."""
-        reference.enter_trap(self.vstate, self.memsize, cause, info, int(self.vstate[S.PC]))
+        S.enter_trap(self.vstate, self.memsize, cause, info, int(self.vstate[S.PC]))
         self.vstate[S.STEPS] += 1
         self.stats.reflected += 1
 
@@ -163,23 +163,26 @@ class VM:
                 v[S.PENDING] |= S.PEND_TIMER
         return retired
 
-    def run_direct(self, core: CoreRun, budget: int, flags: int = S.F_TRAPS_TO_HOST) -> tuple[int, int]:
-        """Run the guest on the core until it exits, at most ``budget`` retirements; return (exit, retired)."""
+    def enter_direct(self, flags: int, budget: int) -> tuple[int, int]:
+        """Load the real CPU to run the guest; return (budget cut at the virtual timer's expiry, real cycle)."""
         self.load_real_state(flags)
         timer = int(self.vstate[S.TIMER])
         if timer:
             budget = min(budget, timer)  # stop exactly where the virtual timer expires
-        cycle0 = int(self.rstate[S.CYCLE])
-        code = core(self.rstate, self.host_mem, budget)
+        return budget, int(self.rstate[S.CYCLE])
+
+    def leave_direct(self, code: int, cycle0: int) -> int:
+        """Take the guest back from the real CPU after the core returned ``code``; return the retirements."""
         if code == S.EXIT_HALT:
             self.vstate[S.STATUS] = self.rstate[S.STATUS]
             self.halted = True
-        return code, self.save_real_state(cycle0)
+        return self.save_real_state(cycle0)
 
-
-def cause_label(cause: int) -> str:
-    """A short name for an exit cause."""
-    return CAUSE_NAMES.get(cause, str(cause))
+    def run_direct(self, core: CoreRun, budget: int, flags: int = S.F_TRAPS_TO_HOST) -> tuple[int, int]:
+        """Run the guest on the core until it exits, at most ``budget`` retirements; return (exit, retired)."""
+        budget, cycle0 = self.enter_direct(flags, budget)
+        code = core(self.rstate, self.host_mem, budget)
+        return code, self.leave_direct(code, cycle0)
 
 
 class Stopwatch:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from popek.cores import CoreRun, get_core
 from popek.isa import state as S
-from popek.isa.spec import DEVICE_IRQ, PRIV, TIMER_IRQ
-from popek.vmm.vm import VM, Stopwatch, cause_label
+from popek.isa.spec import DEVICE_IRQ, PRIV, TIMER_IRQ, cause_name
+from popek.vmm.vm import VM, Stopwatch
 
 
 class Monitor:
@@ -36,26 +36,40 @@ class DirectExecution(Monitor):
 
     def run_direct(self, vm: VM, budget: int) -> int:
         """Deliver a due virtual interrupt or run the guest on the core until its next exit; return steps."""
-        irq = vm.interrupt_due()
-        if irq is not None:
-            with Stopwatch(vm.stats):
-                vm.inject(*irq)
+        if self.inject_due(vm):
             return 1
         timer_armed = bool(vm.vstate[S.TIMER])
         code, retired = vm.run_direct(self.core, budget, self.flags)
-        if code in (S.EXIT_BUDGET, S.EXIT_HALT):
-            if timer_armed and not vm.vstate[S.TIMER]:
-                vm.stats.exits["TIMER"] += 1  # the virtual timer expired: the core stopped for it
+        if self.ran_on(vm, code, timer_armed):
             return retired
         with Stopwatch(vm.stats):
             return retired + self.handle_exit(vm, code)
+
+    @staticmethod
+    def inject_due(vm: VM) -> bool:
+        """Deliver the virtual interrupt due now, if any (a step of the guest); True when one was."""
+        irq = vm.interrupt_due()
+        if irq is None:
+            return False
+        with Stopwatch(vm.stats):
+            vm.inject(*irq)
+        return True
+
+    @staticmethod
+    def ran_on(vm: VM, code: int, timer_armed: bool) -> bool:
+        """True when the core stopped with no exit to handle (budget spent or halt)."""
+        if code not in (S.EXIT_BUDGET, S.EXIT_HALT):
+            return False
+        if timer_armed and not vm.vstate[S.TIMER]:
+            vm.stats.exits["TIMER"] += 1  # the virtual timer expired: the core stopped for it
+        return True
 
     def handle_exit(self, vm: VM, code: int) -> int:
         """Handle one exit of the guest from the core; return the guest steps it accounts for."""
         r = vm.rstate
         if code == S.EXIT_TRAP:
             cause, info = int(r[S.XCAUSE]), int(r[S.XINFO])
-            vm.stats.exits[cause_label(cause)] += 1
+            vm.stats.exits[cause_name(cause)] += 1
             if cause in (TIMER_IRQ, DEVICE_IRQ):  # a real interrupt the guest cannot own: drop it
                 r[S.PENDING] = 0
                 return 0
@@ -63,7 +77,7 @@ class DirectExecution(Monitor):
                 return vm.emulate_one()  # a privileged instruction of the guest kernel
             vm.reflect(cause, info)
             return 1
-        vm.stats.exits[S.EXIT_NAMES[code]] += 1
+        vm.stats.exits[S.exit_name(code)] += 1
         if code == S.EXIT_IO:  # in/out executed in real user mode: it reaches the host's real devices
             return self.real_io(vm)
         if code == S.EXIT_IDLE:  # wfi executed in real user mode: the real processor waits for a real interrupt
@@ -72,7 +86,7 @@ class DirectExecution(Monitor):
                 "which has no interrupt to wake it (the virtual timer does not reach real hardware)"
             )
             return 0
-        vm.error = f"unexpected exit {S.EXIT_NAMES[code]} from the core"
+        vm.error = f"unexpected exit {S.exit_name(code)} from the core"
         return 0
 
     def real_io(self, vm: VM) -> int:

@@ -29,9 +29,9 @@ import numpy as np
 
 from popek.cores import CoreRun
 from popek.isa import state as S
-from popek.isa.spec import BY_MNEMONIC, ILLEGAL, PSW_IE, PSW_S, SYSCALL, TIMER_IRQ, encode
+from popek.isa.spec import BY_MNEMONIC, ILLEGAL, PSW_IE, PSW_S, SYSCALL, TIMER_IRQ, cause_name, encode
 from popek.vmm.monitors.trap_emulate import TrapAndEmulate
-from popek.vmm.vm import VM, cause_label
+from popek.vmm.vm import VM
 
 M32 = S.MASK32
 PV_MAGIC = 0xF0505632  # word 1 of a PV image (opcode 0xF0 is no instruction, so no program starts so by chance)
@@ -159,7 +159,7 @@ class Paravirt(TrapAndEmulate):
                 self._hcall(vm, g, item(S.XCAUSE))
             elif code == S.EXIT_TRAP:
                 cause = item(S.XCAUSE)
-                stats.exits[cause_label(cause)] += 1
+                stats.exits[cause_name(cause)] += 1
                 self._bounce(vm, g, cause, item(S.XINFO))
             else:
                 self._other_exit(vm, g, code)
@@ -174,7 +174,7 @@ class Paravirt(TrapAndEmulate):
         if code == S.EXIT_HALT:
             vm.halted = True
             return
-        vm.stats.exits[S.EXIT_NAMES[code]] += 1
+        vm.stats.exits[S.exit_name(code)] += 1
         if code == S.EXIT_IO:  # reaches the host's devices, not the guest's console (as under trap)
             vm.host_io.append((r.item(S.IO_PORT), bool(r.item(S.IO_WRITE)), r.item(S.IO_VALUE)))
             if not r.item(S.IO_WRITE) and r.item(S.IO_REG):
@@ -185,7 +185,7 @@ class Paravirt(TrapAndEmulate):
                 f"wfi at {r.item(S.PC):#010x} ran untrapped on the real processor, which has no interrupt to wake it"
             )
         else:
-            vm.error = f"unexpected exit {S.EXIT_NAMES[code]} from the core"
+            vm.error = f"unexpected exit {S.exit_name(code)} from the core"
 
     # --- what the processor does, done in software ------------------------------------------------------
     def _sync_ie(self, vm: VM, g: PVGuest) -> None:
@@ -195,24 +195,16 @@ class Paravirt(TrapAndEmulate):
 
     def _retire(self, vm: VM, g: PVGuest) -> None:
         """Retire the instruction at pc as the core would: pc, cycle, steps, the timer and its expiry."""
-        r = vm.rstate
-        r[S.PC] = (r.item(S.PC) + 4 if g.next_pc is None else g.next_pc) & M32
-        r[S.CYCLE] = r.item(S.CYCLE) + 1  # (item() and a plain store: half the cost of +=)
-        r[S.STEPS] = r.item(S.STEPS) + 1
-        timer = r.item(S.TIMER)
-        if g.tick and timer:
-            r[S.TIMER] = timer - 1
-            if timer == 1:
-                r[S.PENDING] |= S.PEND_TIMER
-                g.sw[_PENDING] = 1
-                self._sync_ie(vm, g)
+        if S.retire(vm.rstate, g.next_pc, g.tick):
+            g.sw[_PENDING] = 1
+            self._sync_ie(vm, g)
         g.next_pc, g.tick = None, True
 
     def _bounce(self, vm: VM, g: PVGuest, cause: int, info: int) -> None:
         """Deliver a trap or interrupt into the guest kernel's entry, exactly as the processor does."""
         r, sw = vm.rstate, g.sw
         if not g.registered:
-            vm.error = f"{cause_label(cause)} (cause {cause}) before the guest registered its trap entry"
+            vm.error = f"{cause_name(cause)} (cause {cause}) before the guest registered its trap entry"
             return
         kbase = r.item(S.PV_KBASE) & M32
         sw[_EPSW] = (PSW_S if r.item(S.PV_KMODE) else 0) | (0 if sw.item(_MASK) else PSW_IE)

@@ -150,10 +150,7 @@ class BinaryRewriting(DirectExecution):
 
     def advance(self, vm: VM, budget: int) -> int:
         """Deliver a due interrupt, or run the guest on the core until its next exit; return the steps taken."""
-        irq = vm.interrupt_due()
-        if irq is not None:
-            with Stopwatch(vm.stats):
-                vm.inject(*irq)
+        if self.inject_due(vm):
             return 1
         fetch = vm.supervisor or self.plan.user_copy
         if fetch and vm.vstate.item(S.BASE) & 3:
@@ -164,26 +161,18 @@ class BinaryRewriting(DirectExecution):
     def run_core(self, vm: VM, budget: int, fetch: bool) -> int:
         """Run on the core (from the copy when ``fetch``) until an exit; return the guest steps taken."""
         v, r = vm.vstate, vm.rstate
-        vm.load_real_state(self.flags)
-        cycle0 = r.item(S.CYCLE)
         timer = v.item(S.TIMER)
+        budget, cycle0 = vm.enter_direct(self.flags, budget)
         r[S.RW_FETCH] = fetch
         if fetch:  # the virtual CPU, for the twins
             r[_VIN_DST] = v[_VIN_SRC]
             r[S.VCR0 + spec.CR_CYCLE] = v.item(S.CYCLE) - cycle0
             r[S.VCR0 + spec.CR_TIMER] = cycle0 + timer if timer else 0
-        if timer:
-            budget = min(budget, timer)  # stop exactly where the virtual timer expires
         code = self.core(r, vm.host_mem, budget)
-        if code == S.EXIT_HALT:
-            v[S.STATUS] = r[S.STATUS]
-            vm.halted = True
         if fetch:  # what the twins may have written: psw, the trap registers, ivt and scratch
             v[_VOUT_DST] = r[_VOUT_SRC]
-        retired = vm.save_real_state(cycle0)
-        if code in (S.EXIT_BUDGET, S.EXIT_HALT):
-            if timer and not v[S.TIMER]:
-                vm.stats.exits["TIMER"] += 1  # the virtual timer expired: the core stopped for it
+        retired = vm.leave_direct(code, cycle0)
+        if self.ran_on(vm, code, bool(timer)):
             return retired
         with Stopwatch(vm.stats):
             if code == S.EXIT_XLATE:

@@ -1,0 +1,46 @@
+"""The bare machine as a monitor: no monitor at all, the guest owns the hardware.
+
+The VM's virtual CPU *is* the processor state: the core runs it directly in the VM's memory, in whatever
+mode the guest is in, and only port I/O comes back for the devices. Every other monitor is judged against
+this one (the ISA's Equivalence rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from popek.isa import state as S
+from popek.vmm.monitors.base import Monitor
+from popek.vmm.vm import VM
+
+StepHook = Callable[[VM, np.ndarray], None]
+
+
+class Bare(Monitor):
+    """Run the guest on the core with nothing between; ``on_step`` traces it one step at a time."""
+
+    name = "bare"
+    description = "the guest alone on the hardware (the reference every monitor is judged against)"
+    on_step: StepHook | None = None  # called after every step with the VM and its state before the step
+
+    def run(self, vm: VM, budget: int) -> int:
+        """Advance the guest by at most ``budget`` steps on the core."""
+        v = vm.vstate
+        start = int(v[S.STEPS])
+        while not vm.stopped:
+            left = budget - (int(v[S.STEPS]) - start)
+            if left <= 0:
+                break
+            before = v.copy() if self.on_step else None
+            code = self.core(v, vm.mem, 1 if self.on_step else left)
+            if code == S.EXIT_IO:
+                vm.stats.exits["io"] += 1
+            if code != S.EXIT_BUDGET:
+                vm.device_exit(code)
+                if code not in (S.EXIT_IO, S.EXIT_HALT, S.EXIT_IDLE):
+                    vm.error = f"core stopped with exit code {code} ({S.exit_name(code)})"
+            if self.on_step:
+                self.on_step(vm, before)
+        return int(v[S.STEPS]) - start
