@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 
@@ -38,4 +38,8 @@ class OptionalBuildExt(build_ext):
         print(msg, file=sys.stderr)
 
 
-setup(cffi_modules=["popek/cores/c/build_core.py:ffibuilder"], cmdclass={"build_ext": OptionalBuildExt})
+setup(
+    packages=[*find_packages(include=["popek", "popek.*"]), "popek.guests"],
+    cffi_modules=["popek/cores/c/build_core.py:ffibuilder"],
+    cmdclass={"build_ext": OptionalBuildExt},
+)

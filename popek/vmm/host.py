@@ -16,6 +16,7 @@ import numpy as np
 
 from popek.cores import CoreRun
 from popek.isa import state as S
+from popek.isa.devices import Message
 from popek.isa.profiles import Profile
 from popek.isa.spec import EXECUTE
 from popek.vmm.monitors import get_monitor
@@ -130,6 +131,8 @@ class Host:
         while True:
             progressed = False
             for i, (vm, mon) in enumerate(zip(self.vms, self.monitors, strict=True)):
+                if vm.nic.queued:
+                    vm.nic.poll()  # the card looks at its rings between two of the VM's time slices
                 if vm.stopped or self.steps[i] >= max_steps:
                     continue
                 self.steps[i] += mon.run(vm, min(slice_steps, max_steps - self.steps[i]))
@@ -138,6 +141,23 @@ class Host:
                 break
         return [self.result(i) for i in range(len(self.vms))]
 
+    def vm(self, which: int | str) -> VM:
+        """A VM by index or by name."""
+        if isinstance(which, int):
+            return self.vms[which]
+        for vm in self.vms:
+            if vm.name == which:
+                return vm
+        raise KeyError(f"no VM named '{which}'")
+
+    def send(self, which: int | str, port: int, payload: bytes, urgent: bool = False) -> int:
+        """Give a VM's network card a message for guest ``port``; return its tag, which its reply carries."""
+        return self.vm(which).send(port, payload, urgent)
+
+    def replies(self, which: int | str) -> list[Message]:
+        """Take the messages a VM's guest sent since the last call (each with the tag of the request answered)."""
+        return self.vm(which).nic.take_replies()
+
     def result(self, i: int) -> RunResult:
         """The result of VM number ``i`` in the same shape as a bare machine's."""
         vm, v = self.vms[i], self.vms[i].vstate
@@ -145,6 +165,8 @@ class Host:
             exit_name, message = "halt", ""
         elif vm.error:
             exit_name, message = "idle" if "wfi" in vm.error else "error", vm.error
+        elif vm.waiting:
+            exit_name, message = "idle", f"waiting in wfi at {int(v[S.PC]):#010x} for a message on the network card"
         else:
             exit_name, message = "limit", f"stopped after {self.steps[i]} steps (the step limit; see --max-steps)"
         stats = {"monitor": self.monitors[i].name, "cycle": int(v[S.CYCLE]), **vm.stats.as_dict()}

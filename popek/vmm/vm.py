@@ -16,7 +16,7 @@ import numpy as np
 
 from popek.cores import CoreRun, reference
 from popek.isa import state as S
-from popek.isa.devices import Console, PortBus
+from popek.isa.devices import Console, Nic, PortBus
 from popek.isa.profiles import Profile, load_profile
 from popek.isa.spec import PSW_IE, PSW_S
 
@@ -59,17 +59,34 @@ class VM:
         self.vstate = S.new_state(memsize, self.profile.array())
         self.rstate = S.new_state(len(host_mem), self.profile.array())
         self.console = Console(console_input)
-        self.bus = PortBus(self.console)
+        self.nic = Nic(self.mem, self.device_interrupt)
+        self.bus = PortBus(self.console, self.nic)
         self.vcpu = reference.Cpu(self.vstate, self.mem)  # for instructions the monitor emulates
         self.stats = VMStats()
         self.host_io: list[tuple[int, bool, int]] = []  # untrapped port I/O that reached the host's devices
         self.halted = False
         self.error = ""  # why the VM stopped, when it did not halt
+        self.waiting = False  # in wfi until the network card has something for it (docs/devices.md, Waiting)
 
     @property
     def stopped(self) -> bool:
-        """True once the guest halted or stopped with an error."""
-        return self.halted or bool(self.error)
+        """True once the guest halted, stopped with an error, or waits for the network card."""
+        return self.halted or bool(self.error) or self.waiting
+
+    def device_interrupt(self, devnum: int) -> None:
+        """The device interrupt line of the virtual machine: raised with a device number, 0 withdraws it."""
+        v = self.vstate
+        if devnum:
+            v[S.PENDING] |= S.PEND_DEVICE
+            v[S.DEVNUM] = devnum
+        else:
+            v[S.PENDING] &= ~S.PEND_DEVICE
+        if devnum and self.waiting:
+            self.waiting = False
+
+    def send(self, port: int, payload: bytes, urgent: bool = False) -> int:
+        """Hand the network card a message for guest ``port``; return its tag (wakes a waiting guest)."""
+        return self.nic.deliver(port, payload, urgent)
 
     def load(self, image: bytes, addr: int = 0) -> None:
         """Copy an image into guest-physical memory at ``addr``."""
@@ -130,9 +147,20 @@ class VM:
         elif code == S.EXIT_HALT:
             self.halted = True
         elif code == S.EXIT_IDLE:
-            self.error = f"wfi at {int(v[S.PC]):#010x} can never end: no interrupt pending, timer 0, no device"
+            self.idle()
         elif code == S.EXIT_HCALL:  # only with F_HCALL_TO_HOST, which the virtual CPU never has
             self.error = "unexpected hypercall exit"
+
+    def idle(self) -> None:
+        """The guest waits in ``wfi`` with nothing pending: for the network card, or forever (an error)."""
+        self.nic.poll()
+        if self.vstate[S.PENDING]:
+            return  # something arrived: the wfi ends as soon as it runs again
+        if self.nic.can_wake():
+            self.waiting = True
+        else:
+            pc = int(self.vstate[S.PC])
+            self.error = f"wfi at {pc:#010x} can never end: no interrupt pending, timer 0, no device that could wake it"
 
     # --- direct execution ------------------------------------------------------------------------------
     def load_real_state(self, flags: int) -> None:
