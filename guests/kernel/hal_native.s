@@ -65,6 +65,41 @@
     wfi
 .endm
 
+# --- the network card (docs/devices.md): ports, and the device interrupt (cause 17) ------------------------
+.equ NIC_CTRL,      0x11
+.equ NIC_RX,        0x12
+.equ NIC_TX,        0x13
+.equ NIC_URX,       0x14
+.equ NIC_SIZE,      0x15
+.equ NIC_DOORBELL,  0x16
+.equ NIC_STATUS,    0x17
+.equ NIC_EV_TX,     2
+.equ NIC_EV_ALL,    15
+.macro HAL_NET_SETUP reg, res       # start the card on the rings of the block at reg {rx, tx, urx, size}, its
+    ld \res, 0(\reg)                # interrupt on; res <- 0 when it runs
+    out NIC_RX, \res
+    ld \res, 4(\reg)
+    out NIC_TX, \res
+    ld \res, 8(\reg)
+    out NIC_URX, \res
+    ld \res, 12(\reg)
+    out NIC_SIZE, \res
+    li \res, 3                      # ENABLE | IRQ
+    out NIC_CTRL, \res
+    in \res, NIC_CTRL
+    andi \res, \res, 1
+    xori \res, \res, 1
+.endm
+.macro HAL_NET_NOTIFY tmp           # the card sends what the transmit ring holds (clobbers tmp); its TX event is
+    out NIC_DOORBELL, zero          # cleared at once, since the driver reads completions from the ring itself
+    li \tmp, NIC_EV_TX
+    out NIC_STATUS, \tmp
+.endm
+.macro HAL_NET_ACK tmp              # clear every event, which withdraws the interrupt (clobbers tmp); the driver
+    li \tmp, NIC_EV_ALL             # then looks at all its rings, so nothing that arrives meanwhile is missed
+    out NIC_STATUS, \tmp
+.endm
+
 # --- console and power -----------------------------------------------------------------------------------
 .macro HAL_PUTC reg                 # write the low byte of reg to the console
     out 0, \reg

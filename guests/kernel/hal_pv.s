@@ -22,6 +22,7 @@
 .equ SH_FEATURES,       32          # bit n: hypercall n costs no exit
 .equ SH_CONS_LEN,       36          # bytes in the console buffer
 .equ SH_MC_COUNT,       40          # multicall entries queued
+.equ SH_NET_EVENTS,     44          # network card events posted by the monitor; the guest clears it (its ack)
 .equ SH_MC,             64          # multicall entries: number, argument 1, argument 2, result
 .equ MC_ENTRY,          16
 .equ MC_OP,             0
@@ -40,6 +41,8 @@
 .equ HC_HALT,           7
 .equ HC_CYCLE,          8
 .equ HC_MULTICALL,      9
+.equ HC_NET_SETUP,      10
+.equ HC_NET_NOTIFY,     11
 
 # --- the boot note and the shared area ---------------------------------------------------------------------
     j hal_pv_end
@@ -65,6 +68,7 @@ hal_pv_end:
 .equ HAL_FEATURES,  hal_shared + SH_FEATURES
 .equ HAL_CONS_LEN,  hal_shared + SH_CONS_LEN
 .equ HAL_CONS_BUF,  hal_shared + SH_CONS_BUF
+.equ HAL_NET_EVENTS, hal_shared + SH_NET_EVENTS
 .equ HAL_MC_COUNT,  hal_shared + SH_MC_COUNT
 .equ HAL_MC0,       hal_shared + SH_MC              # a queued HC_SET_TIMER
 .equ HAL_MC1,       hal_shared + SH_MC + MC_ENTRY   # the HC_IRET or HC_BLOCK that makes the batch
@@ -166,6 +170,24 @@ hal_alone\@:
     ld r1, hal_t1(zero)
     hcall \call
 hal_done\@:
+.endm
+
+# --- the network card: the monitor drives it from two hypercalls; its events come as a virtual DEVICE interrupt --
+.macro HAL_NET_SETUP reg, res       # HC_NET_SETUP on the block at reg {rx, tx, urx, size}; res <- 0 when it runs
+    st r1, hal_t1(zero)
+    mov r1, \reg
+    hcall HC_NET_SETUP
+    st r1, hal_t2(zero)
+    ld r1, hal_t1(zero)
+    ld \res, hal_t2(zero)
+.endm
+.macro HAL_NET_NOTIFY tmp           # one HC_NET_NOTIFY for everything the transmit ring holds
+    st r1, hal_t1(zero)
+    hcall HC_NET_NOTIFY
+    ld r1, hal_t1(zero)
+.endm
+.macro HAL_NET_ACK tmp              # a plain store: the events the monitor posted are seen
+    st zero, HAL_NET_EVENTS(zero)
 .endm
 
 # --- console and power ----------------------------------------------------------------------------------------

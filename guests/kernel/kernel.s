@@ -40,6 +40,11 @@
 
 .equ CAUSE_SYSCALL, 1
 .equ CAUSE_TIMER,   16
+.equ CAUSE_DEVICE,  17
+
+.ifdef SERVER                       # the server build: services as tasks, the network card (net.s)
+    .include "netdefs.s"
+.endif
 
 # --- boot ------------------------------------------------------------------------------------------------
 boot:
@@ -53,6 +58,9 @@ boot:
     call kputdec
     la r2, s_tasks
     call kputs
+.ifdef SERVER
+    j server_boot
+.endif
     la r10, tasks                   # r10: the TCB being set up
     li r11, REGION0                 # r11: its region
 1:  st r11, TCB_BASE(r10)
@@ -110,6 +118,10 @@ trap_entry:
     beq r4, r5, on_timer
     li r5, CAUSE_SYSCALL
     beq r4, r5, on_syscall
+.ifdef SERVER
+    li r5, CAUSE_DEVICE
+    beq r4, r5, on_device
+.endif
     call kput_task                  # any other trap kills the task
     la r2, s_killed
     call kputs
@@ -139,6 +151,9 @@ panic:
 
 on_timer:
     call tick
+.ifdef SERVER
+    call on_tick_net
+.endif
     j schedule
 
 # --- system calls ----------------------------------------------------------------------------------------
@@ -158,6 +173,10 @@ on_syscall:
     beq r4, r5, schedule
     li r5, SYS_SLEEP
     beq r4, r5, sys_sleep
+.ifdef SERVER
+    li r5, SYS_BIND
+    bgeu r4, r5, net_syscall
+.endif
     li r2, -1                       # no such call
 return_r2:
     st r2, 8(r13)
@@ -205,6 +224,9 @@ sys_exit:
     li r2, '\n'
     call kputc
 reap:
+.ifdef SERVER
+    call net_task_gone
+.endif
     st zero, TCB_STATE(r13)         # FREE
     j schedule
 
@@ -279,6 +301,9 @@ resume:                             # return to task r13
     HAL_ENTER_USER
 
 idle:                               # wait for the next tick with interrupts off, then reschedule
+.ifdef SERVER
+    j server_idle
+.endif
     li r4, QUANTUM
     HAL_TIMER_SET r4
     HAL_WFI
@@ -390,11 +415,25 @@ idle_ticks: .word 0
 tasks:      .space NTASKS * TCB_SIZE
 tasks_end:
             .space 256
+.ifdef SERVER
+            .space 768
+.endif
 kstack_top:
 
+.ifdef SERVER
+    .include "net.s"
+
+# --- the service program, copied into every region ----------------------------------------------------------
+    .align 4
+task_image:
+    .include "../servers/service.s"
+    .align 4
+task_image_end:
+.else
 # --- the task program, copied into every region ----------------------------------------------------------
     .align 4
 task_image:
     .include "task.s"
     .align 4
 task_image_end:
+.endif
