@@ -22,6 +22,7 @@ from popek.isa.asm import assemble
 from popek.isa.profiles import Profile, load_profile
 from popek.isa.spec import BY_MNEMONIC, CR_NUMBER, EXECUTE, IGNORE, NUM_CRS, PROFILE_KEYS, PSW_IE, PSW_S, TRAP, encode
 from popek.vmm import checker
+from popek.vmm.checker.source import Source
 from popek.vmm.host import GuestSpec, Host, Machine
 from tests.strategies import Prog, instruction_words, skip_handler
 
@@ -38,7 +39,7 @@ def _core() -> str:
 CORE = _core()
 
 
-def row(report: checker.Report, name: str) -> checker.Row:
+def row(report: checker.Classification, name: str) -> checker.Row:
     return next(r for r in report.rows if r.form.name == name)
 
 
@@ -86,6 +87,16 @@ def test_the_facts_follow_the_semantics_not_a_label(monkeypatch: pytest.MonkeyPa
     assert derive("getbase", EXECUTE).read_set("user") == {"base"}
     monkeypatch.setitem(reference.SEMANTICS, "getbase", lambda cpu, d, pc: cpu.set_reg(d.a, 0x1234))
     assert derive("getbase", EXECUTE).read_set("user") == set()  # a getbase that ignores R is innocuous
+
+
+def test_a_branch_in_a_witness_is_spelled_at_its_address() -> None:
+    """The disassembler writes a branch target as an absolute address: the witness text places the word first."""
+    p = Source()
+    p.ins("addi", 1, 0, 0, 1)
+    word = encode(BY_MNEMONIC["beq"], 2, 3, 0, 3)
+    p.raw(word, "at 4: the target is 4 + 3 words")
+    text, image = p.build()
+    assert "beq     r2, r3, 0x10" in text and image[4:8] == word.to_bytes(4, "little")
 
 
 def test_monitor_map_is_read_off_the_vm() -> None:

@@ -10,6 +10,7 @@ from rich.table import Table
 from popek import guests
 from popek.cores import CoreUnavailable, get_core
 from popek.isa.asm import assemble_file
+from popek.vmm.checker import classify
 from popek.vmm.host import GuestSpec, Host, RunResult
 from popek.vmm.monitors import STRATEGIES
 
@@ -86,8 +87,6 @@ def tour(core: str = "jit") -> int:
     out.print("the rewriting monitor replaced that getpsw before the kernel ran it.")
 
     out.rule("[bold]5. The Popek-Goldberg checker")
-    from popek.vmm.checker import classify
-
     for profile in ("classic", "x86like"):
         report = classify(profile)
         th1 = "holds" if report.theorem1 else "fails: " + ", ".join(r.form.name for r in report.violations(1))

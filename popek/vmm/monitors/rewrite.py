@@ -34,6 +34,7 @@ from popek.isa import state as S
 from popek.isa.disasm import disassemble_word
 from popek.isa.profiles import Profile
 from popek.vmm.monitors.base import DirectExecution
+from popek.vmm.sensitivity.classify import classify
 from popek.vmm.vm import VM, Stopwatch
 
 PAGE = 1024  # bytes translated at a time
@@ -86,8 +87,6 @@ class Plan:
 
 @functools.lru_cache(maxsize=32)
 def _plan(name: str, behaviours: tuple[int, ...]) -> Plan:
-    from popek.vmm.checker import classify  # the checker runs every form on the reference core: once per profile
-
     report = classify(Profile(name, dict(zip(spec.PROFILE_KEYS, behaviours, strict=True))))
     forms = frozenset(
         r.form.name for r in report.rows if r.form.key and (r.sensitive or r.privileged or r.user_sensitive)
