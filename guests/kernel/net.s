@@ -9,8 +9,8 @@
 # The driver keeps receive buffers apart from descriptors: a message the card placed is taken out of the ring
 # at once (the buffer joins the held queue) and the descriptor gets a free buffer, so a busy service never
 # stops the card from delivering to the others. Held messages go to the task bound to their port when it waits
-# in recv. Replies are copied to transmit buffers and the card is notified once per batch: when the replying
-# task waits again, before the kernel idles, at each tick, or when the ring is full.
+# in recv. Replies are copied to transmit buffers and the card is notified once per batch: before the kernel
+# idles, at each tick (so a reply waits at most a quantum behind a long request), or when the ring is full.
 #
 # Conventions: r13 is the current TCB and sp the kernel stack, both preserved by every function here; any
 # other register may change across a call. Kernel addresses are guest-physical; a task's virtual address va
@@ -630,8 +630,7 @@ sys_recv:                           # r2 = buffer (word aligned), r3 = capacity
     ld r4, TCB_STATE(r13)
     li r5, READY
     beq r4, r5, resume              # a message was waiting: go on at once
-    call net_flush                  # the task is done for now: send its replies
-    j schedule
+    j schedule                      # (its replies go with the next batch: at idle, at a tick, ring full)
 
 sys_reply:                          # r2 = tag, r3 = buffer, r4 = length
     ld r4, 16(r13)

@@ -106,8 +106,7 @@ disp_next:
     li r3, S_REQ
     syscall SYS_FORWARD
     beqz r2, disp_next
-4:  li r2, 1                        # every worker that may take it is busy: try again after a tick
-    syscall SYS_SLEEP
+4:  syscall SYS_YIELD               # every worker that may take it is busy: let them run, then try again
     j 3b
 
 svc_find:                           # r2 <- the port registered under the name at r2, once there is one

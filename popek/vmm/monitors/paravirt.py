@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from time import perf_counter
 from weakref import WeakKeyDictionary
 
@@ -29,7 +30,8 @@ import numpy as np
 
 from popek.cores import CoreRun
 from popek.isa import state as S
-from popek.isa.spec import BY_MNEMONIC, ILLEGAL, PSW_IE, PSW_S, SYSCALL, TIMER_IRQ, cause_name, encode
+from popek.isa.devices import nic as N
+from popek.isa.spec import BY_MNEMONIC, DEVICE_IRQ, ILLEGAL, PSW_IE, PSW_S, SYSCALL, TIMER_IRQ, cause_name, encode
 from popek.vmm.monitors.trap_emulate import TrapAndEmulate
 from popek.vmm.vm import VM
 
@@ -40,6 +42,7 @@ PV_MAGIC = 0xF0505632  # word 1 of a PV image (opcode 0xF0 is no instruction, so
 SH_FEATURES = 32  # written by the monitor at start: bit n = hypercall n is performed without an exit
 SH_CONS_LEN = 36  # bytes the guest has put in the console buffer; the monitor drains them and writes 0
 SH_MC_COUNT = 40  # entries queued for HC_MULTICALL; the monitor writes 0 after performing them
+SH_NET_EVENTS = 44  # network card events (nic.EV_*) the monitor posted; the guest clears the word to take them
 SH_MC = 64  # MC_MAX entries of MC_ENTRY bytes: number, argument 1, argument 2, result
 MC_MAX, MC_ENTRY = 8, 16
 MC_OP, MC_ARG1, MC_ARG2, MC_RESULT = 0, 4, 8, 12
@@ -56,9 +59,12 @@ HC_BLOCK = 6
 HC_HALT = 7
 HC_CYCLE = 8
 HC_MULTICALL = 9
+HC_NET_SETUP = 10
+HC_NET_NOTIFY = 11
 HC_NAMES = {HC_IRET: "iret", HC_SET_TIMER: "set_timer", HC_IRQ: "irq", HC_SET_TRAP_ENTRY: "set_trap_entry",
             HC_CONSOLE_WRITE: "console_write", HC_CONSOLE_FLUSH: "console_flush", HC_BLOCK: "block",
-            HC_HALT: "halt", HC_CYCLE: "cycle", HC_MULTICALL: "multicall"}  # fmt: skip
+            HC_HALT: "halt", HC_CYCLE: "cycle", HC_MULTICALL: "multicall", HC_NET_SETUP: "net_setup",
+            HC_NET_NOTIFY: "net_notify"}  # fmt: skip
 CONTROL = (HC_IRET, HC_BLOCK, HC_HALT)  # calls that do not return to the caller's next instruction
 EFAULT, EINVAL, ENOSYS = 14, 22, 38  # errors come back as -errno in r1, as Xen's do
 
@@ -67,7 +73,9 @@ FAST = (1 << HC_IRET) | (1 << HC_SET_TIMER) | (1 << HC_IRQ)  # hypercalls the pr
 HCALL_WORD = encode(BY_MNEMONIC["hcall"])  # hcall 0; badaddr of an hcall made from a task is this | number
 _WORDS = SH_SIZE // 4
 _MASK, _PENDING, _EPC, _EPSW, _EBASE, _EBOUND, _CAUSE, _BADADDR = range(8)  # word indexes of the SH_* words
-_FEATURES, _CONS_LEN, _MC_COUNT = SH_FEATURES // 4, SH_CONS_LEN // 4, SH_MC_COUNT // 4
+_FEATURES, _CONS_LEN, _MC_COUNT, _NET_EVENTS = SH_FEATURES // 4, SH_CONS_LEN // 4, SH_MC_COUNT // 4, SH_NET_EVENTS // 4
+NET_BLOCK = 16  # bytes of the block HC_NET_SETUP reads: the receive, transmit and urgent rings, descriptors per ring
+NET_UPCALL = N.EV_RX | N.EV_URGENT | N.EV_ERROR  # events that interrupt the guest (completions it reads from the ring)
 _HC_KEYS = {n: f"hcall {name}" for n, name in HC_NAMES.items()}  # statistics: hypercall exits by number
 _COUNTERS = [("traps delivered by the core", S.PV_NTRAPS), ("interrupts delivered by the core", S.PV_NIRQS)] + [
     (f"hcall {HC_NAMES[n]} (core)", S.PV_NCALLS + n) for n in range(S.HC_FAST_LIMIT)
@@ -94,6 +102,7 @@ class PVGuest:
     shown: int = 0  # bytes of the console buffer already shown on the VM's console
     tick: bool = True  # False when the hypercall wrote the timer (it does not tick the timer it writes)
     seen: list[int] = field(default_factory=lambda: [0] * len(_COUNTERS))  # processor counters already counted
+    line: int = 0  # the network card's interrupt line as the card last set it (its events not yet posted)
 
 
 class Paravirt(TrapAndEmulate):
@@ -112,7 +121,7 @@ class Paravirt(TrapAndEmulate):
             HC_IRET: self._iret, HC_SET_TIMER: self._set_timer, HC_IRQ: self._irq,
             HC_SET_TRAP_ENTRY: self._set_trap_entry, HC_CONSOLE_WRITE: self._console_write,
             HC_CONSOLE_FLUSH: self._console_flush, HC_BLOCK: self._block, HC_HALT: self._halt,
-            HC_CYCLE: self._cycle,
+            HC_CYCLE: self._cycle, HC_NET_SETUP: self._net_setup, HC_NET_NOTIFY: self._net_notify,
         }  # fmt: skip
 
     def run(self, vm: VM, budget: int) -> int:
@@ -140,6 +149,7 @@ class Paravirt(TrapAndEmulate):
         r[S.PV_KMODE], r[S.PV_DIRECT], r[S.PV_FAST] = 1, 0, self.fast  # no delivery before an entry is registered
         r[S.PV_NTRAPS : S.PV_NCALLS + S.HC_FAST_LIMIT] = 0
         g.sw[_FEATURES] = self.fast if self.features is None else self.features
+        vm.nic.interrupt = partial(self._nic_line, vm, g)  # the card interrupts through the monitor (_net_events)
         self._sync_ie(vm, g)
         return g
 
@@ -149,6 +159,8 @@ class Paravirt(TrapAndEmulate):
         start = item(S.STEPS)
         end = start + budget
         left = budget
+        if g.line or g.sw.item(_NET_EVENTS):
+            self._net_events(vm, g)  # what the card did since the last slice (the host gave it messages)
         while left > 0 and not vm.stopped:
             code = core(r, mem, left)
             if code == S.EXIT_BUDGET:
@@ -163,6 +175,8 @@ class Paravirt(TrapAndEmulate):
                 self._bounce(vm, g, cause, item(S.XINFO))
             else:
                 self._other_exit(vm, g, code)
+            if g.line:
+                self._net_events(vm, g)
             stats.monitor_seconds += perf_counter() - t0
             left = end - item(S.STEPS)
         self._sync(vm, g)
@@ -237,7 +251,7 @@ class Paravirt(TrapAndEmulate):
             result = call(vm, g, r.item(1), r.item(2)) if call else -ENOSYS
             if result is not None:
                 r[1] = result & M32
-        if vm.error:  # a block that could never end: the hypercall does not retire
+        if vm.error or vm.waiting:  # a block that can never end, or that waits for the card: it does not retire
             return
         self._sync_ie(vm, g)
         self._retire(vm, g)
@@ -258,7 +272,7 @@ class Paravirt(TrapAndEmulate):
                 extra["batched ops"] += 1
                 result = call(vm, g, sw.item(e + 1), sw.item(e + 2))
             sw[e + 3] = (0 if result is None else result) & M32
-            if vm.error:
+            if vm.error or vm.waiting:
                 return
 
     def _iret(self, vm: VM, g: PVGuest, a1: int, a2: int) -> None:
@@ -303,10 +317,17 @@ class Paravirt(TrapAndEmulate):
 
     def _block(self, vm: VM, g: PVGuest, a1: int, a2: int) -> None:
         r = vm.rstate
-        if r.item(S.PENDING):
+        if r.item(S.PENDING) or g.sw.item(_NET_EVENTS) & NET_UPCALL:
             return
         timer = r.item(S.TIMER)
         if not timer:
+            vm.nic.poll()  # the card looks at its rings while the guest waits, as for wfi
+            self._net_events(vm, g, deliver=False)
+            if g.sw.item(_NET_EVENTS) & NET_UPCALL:
+                return
+            if vm.nic.can_wake():
+                vm.waiting = True  # until the host gives the card a message; then the block runs again
+                return
             vm.error = f"hcall block at {r.item(S.PC):#010x} can never end: nothing pending and the timer is off"
             return
         r[S.CYCLE] += timer  # idle until the timer expires (wfi's time), then retire
@@ -321,6 +342,49 @@ class Paravirt(TrapAndEmulate):
 
     def _cycle(self, vm: VM, g: PVGuest, a1: int, a2: int) -> int:
         return vm.rstate.item(S.CYCLE) & M32
+
+    # --- the network card -------------------------------------------------------------------------------
+    def _net_setup(self, vm: VM, g: PVGuest, a1: int, a2: int) -> int:
+        """Program the VM's card with the rings named by the block at ``a1`` and start it, its interrupt on."""
+        if a1 % 4 or a1 + NET_BLOCK > vm.memsize:
+            return -EFAULT
+        rx, tx, urx, size = (int(w) for w in vm.mem[a1 : a1 + NET_BLOCK].view("<u4"))
+        nic = vm.nic
+        nic.write(N.NIC_CTRL, 0)  # stopped first: the ring registers take writes only then
+        for port, value in ((N.NIC_RX, rx), (N.NIC_TX, tx), (N.NIC_URX, urx), (N.NIC_SIZE, size)):
+            nic.write(port, value)
+        nic.write(N.NIC_CTRL, N.CTRL_ENABLE | N.CTRL_IRQ)
+        return 0 if nic.enabled else -EINVAL
+
+    def _net_notify(self, vm: VM, g: PVGuest, a1: int, a2: int) -> int:
+        """The doorbell: the card sends what the transmit ring holds (and looks at the receive rings)."""
+        vm.nic.write(N.NIC_DOORBELL, 0)
+        return 0
+
+    @staticmethod
+    def _nic_line(vm: VM, g: PVGuest, devnum: int) -> None:
+        """The card's interrupt line, for a PV guest: noted here, posted to the guest by ``_net_events``."""
+        g.line = devnum
+        if devnum:
+            vm.waiting = False
+
+    def _net_events(self, vm: VM, g: PVGuest, deliver: bool = True) -> None:
+        """Post the card's events to the shared area and, where the guest can take it, interrupt it.
+
+        The monitor acknowledges the card itself (as Xen's netback does for a netfront): the guest clears the
+        shared word instead, with a store, so taking an event costs it no exit. The virtual DEVICE interrupt is
+        delivered through the mask when the monitor has control (a slice's start, an exit); a guest that is
+        masked then finds the events when it next looks (it acknowledges before it reads its rings).
+        """
+        nic, sw = vm.nic, g.sw
+        events = nic.status
+        if events:
+            nic.write(N.NIC_STATUS, events)
+            sw[_NET_EVENTS] = sw.item(_NET_EVENTS) | events
+        pending = sw.item(_NET_EVENTS) & NET_UPCALL
+        if deliver and pending and g.registered and not sw.item(_MASK) and not vm.stopped:
+            vm.stats.extra["net interrupts"] += 1
+            self._bounce(vm, g, DEVICE_IRQ, N.DEV_NIC_URGENT if pending & N.EV_URGENT else N.DEV_NIC)
 
     # --- the console and the virtual CPU -----------------------------------------------------------------
     def _drain(self, vm: VM, g: PVGuest) -> int:
