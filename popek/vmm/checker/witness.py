@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from popek.isa.profiles import Profile
 from popek.vmm.checker.programs import MARKERS, WMEM, theorem1_program, theorem3_program
-from popek.vmm.host import GuestSpec, Host, Machine
+from popek.vmm.host import run_guest
 from popek.vmm.sensitivity.classify import Classification, Row
 from popek.vmm.sensitivity.forms import Form
 from popek.vmm.sensitivity.model import Model, model
@@ -67,13 +67,8 @@ def run_witness_program(
     image: bytes, profile: Profile, monitor: str, inp: bytes, core: str = "reference"
 ) -> RunSummary:
     """Run a witness on the bare machine (``monitor`` = "bare") or under a monitor."""
-    if monitor == "bare":
-        machine = Machine(WMEM, profile, core, inp)
-        machine.load(image)
-        r = machine.run(WSTEPS)
-    else:
-        r = Host([GuestSpec("witness", image, monitor, profile, WMEM, inp)], core).run(WSTEPS)[0]
-    return RunSummary(r.exit if r.exit != "idle" else "idle", r.status, r.console, list(r.regs))
+    r = run_guest(image, monitor, profile, core, WMEM, inp, WSTEPS, name="witness")
+    return RunSummary(r.exit, r.status, r.console, list(r.regs))
 
 
 def _candidate(m: Model, form: Form, reason: tuple[str, str], core: str) -> Witness:
