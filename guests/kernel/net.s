@@ -26,6 +26,8 @@
 .equ BIND_SIZE,     12
 .equ NAME_MAX,      16              # names: 16 bytes (NUL-padded, at most 15 used), port
 .equ NAME_SIZE,     20
+.equ BIG_WANTED,    1               # rx_big: the big buffer is wanted by a long message, or posted
+.equ BIG_POSTED,    2
 
 .macro LDV rd, sym                  # rd <- the kernel word at sym
     la \rd, \sym
@@ -132,30 +134,42 @@ net_refill:                         # give free receive buffers to the descripto
     LDV r4, rx_posted               # (clobbers r4-r11)
     li r5, NIC_N
     bgeu r4, r5, 9f
-    LDV r6, free_count
+    LDV r6, rx_big
+    li r7, BIG_WANTED
+    bne r6, r7, 1f
+    li r6, BIG_POSTED               # a message too long for the pool waits at the card: the big buffer goes
+    STV r6, rx_big, r7              # next, where the card (walking on over the descriptors it marks ERR)
+    li r8, RX_COUNT                 # will find it; RX_COUNT stands for it
+    li r10, BIGBUF
+    li r11, NIC_MTU
+    j 2f
+1:  LDV r6, free_count
     beqz r6, 9f
     addi r6, r6, -1
     STV r6, free_count, r7
     INDEX r7, free_list, r6, 2
     ld r8, 0(r7)                    # r8: the buffer
-    LDV r9, rx_next
+    shli r10, r8, MSG_SHIFT
+    li r11, RXBUFS
+    add r10, r10, r11               # r10, r11: its address and size
+    li r11, MSG_MAX
+2:  LDV r9, rx_next
     add r9, r9, r4
     andi r9, r9, NIC_N - 1          # r9: the descriptor
     addi r4, r4, 1
     STV r4, rx_posted, r7
-    mov r10, r9
-    INDEX r7, rx_desc_buf, r10, 2
+    mov r6, r9
+    INDEX r7, rx_desc_buf, r6, 2
     st r8, 0(r7)
     INDEX r7, rx_ring, r9, 4
-    shli r10, r8, MSG_SHIFT
-    li r11, RXBUFS
-    add r10, r10, r11
     st r10, D_ADDR(r7)
-    li r10, MSG_MAX
-    st r10, D_LEN(r7)
+    st r11, D_LEN(r7)
     st zero, D_TAG(r7)
     lui r10, D_OWN_HI
     st r10, D_CTL(r7)
+    li r9, RX_COUNT
+    bne r8, r9, net_refill
+    HAL_NET_NOTIFY r9               # the card looks again now, for the long message
     j net_refill
 9:  ret
 
@@ -176,37 +190,41 @@ net_urgent:                         # serve every urgent message the card placed
     INDEX r11, urx_ring, r9, 4
     ld r5, D_CTL(r11)
     blt r5, zero, 9f                # still the card's
-    lui r6, D_ERR_HI
+    ld r2, D_ADDR(r11)
+    li r7, UBIGBUF
+    bne r2, r7, 2f
+    STV zero, urx_big, r7           # the urgent big buffer comes back (with the long message, or an error)
+2:  lui r6, D_ERR_HI
     and r6, r5, r6
     bnez r6, 5f
-    ld r2, D_ADDR(r11)
     ld r3, D_LEN(r11)
     ld r4, D_TAG(r11)
     andi r5, r5, 0xFFFF
-    call urgent_command
-    LDV r9, urx_next
+    call urgent_command              # (a long message is no command: it gets an error reply)
+4:  LDV r9, urx_next
     mov r2, r9
     call urx_post
     addi r9, r9, 1
     andi r9, r9, NIC_N - 1
     STV r9, urx_next, r4
     j 1b
-5:  ld r6, D_ADDR(r11)              # too long for its buffer: take it into the big one, then refuse it
-    li r7, BIGBUF
-    beq r6, r7, 9f                  # the big buffer failed too: leave the ring alone
-    call take_big
-    j 1b
-9:  pop lr
-    ret
-
-take_big:                           # post descriptor r11 with the big buffer and have the card look again
-    li r7, BIGBUF
+5:  LDV r6, urx_big                 # too long for its buffer: the card moved on, the message waits for the
+    bnez r6, 4b                     # next descriptor; this one takes the big buffer, if that is free
+    li r6, 1
+    STV r6, urx_big, r7
+    li r7, UBIGBUF
     st r7, D_ADDR(r11)
     li r7, NIC_MTU
     st r7, D_LEN(r11)
     lui r7, D_OWN_HI
     st r7, D_CTL(r11)
     HAL_NET_NOTIFY r7
+    LDV r9, urx_next
+    addi r9, r9, 1
+    andi r9, r9, NIC_N - 1
+    STV r9, urx_next, r4
+    j 1b
+9:  pop lr
     ret
 
 net_reap:                           # move the messages the receive ring holds to the held queue
@@ -217,22 +235,29 @@ net_reap:                           # move the messages the receive ring holds t
     INDEX r11, rx_ring, r9, 4
     ld r5, D_CTL(r11)
     blt r5, zero, 9f                # still the card's
+    LDV r9, rx_next
+    INDEX r7, rx_desc_buf, r9, 2
+    ld r12, 0(r7)                   # r12: the descriptor's buffer (RX_COUNT: the big one)
     lui r6, D_ERR_HI
     and r6, r5, r6
     beqz r6, 2f
-    ld r6, D_ADDR(r11)
-    li r7, BIGBUF
-    beq r6, r7, 9f                  # the big buffer failed too: leave the ring alone
-    call take_big
-    j 1b
-2:  LDV r9, rx_next
-    INDEX r7, rx_desc_buf, r9, 2
-    ld r12, 0(r7)                   # r12: the descriptor's buffer
-    ld r6, D_LEN(r11)
+    li r7, RX_COUNT                 # too long for the buffer: the card moved on and the message waits for the
+    bne r12, r7, 3f                 # next descriptor; the refill posts the big buffer (unless it is out)
+    STV zero, rx_big, r7
+3:  LDV r6, rx_big
+    bnez r6, 4f
+    li r6, BIG_WANTED
+    STV r6, rx_big, r7
+4:  li r7, RX_COUNT
+    beq r12, r7, 6f
+    mov r2, r12
+    call buf_free
+    j 6f
+2:  ld r6, D_LEN(r11)
     ld r7, D_TAG(r11)
     andi r5, r5, 0xFFFF
-    li r8, MSG_MAX
-    bltu r8, r6, 5f                 # it came in the big buffer
+    li r8, RX_COUNT
+    beq r12, r8, 5f                 # it came in the big buffer: too long for a service
     mov r8, r12
     INDEX r4, msg_len, r8, 2
     st r6, 0(r4)
@@ -248,13 +273,11 @@ net_reap:                           # move the messages the receive ring holds t
     INDEX r4, held, r6, 2
     st r12, 0(r4)
     j 6f
-5:  push r12
+5:  STV zero, rx_big, r8
     mov r2, r7
     mov r3, r5
     la r4, s_toolong
     call reply_text
-    pop r2
-    call buf_free
 6:  LDV r9, rx_next                 # the descriptor is the driver's again, without a buffer
     addi r9, r9, 1
     andi r9, r9, NIC_N - 1
@@ -965,4 +988,6 @@ names:              .ascii "names"          # the kernel's own entry; the tasks 
 names_end:
 next_dynamic:       .word DYNAMIC_PORT0
 idle_armed:         .word 0
+rx_big:             .word 0                 # the receive ring's big buffer: free, wanted or posted
+urx_big:            .word 0                 # the urgent ring's big buffer is posted
 ktext:              .space 256              # the kernel's own replies are composed here

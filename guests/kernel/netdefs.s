@@ -106,5 +106,6 @@
 .equ UBUFS,         0xA0000         # NIC_N urgent receive buffers of UMSG_MAX bytes
 .equ UMSG_MAX,      256
 .equ UMSG_SHIFT,    8
-.equ BIGBUF,        0xB0000         # one buffer for a message longer than its ring's buffers (then refused)
+.equ BIGBUF,        0xB0000         # a buffer for a message longer than the receive ring's (then refused)
+.equ UBIGBUF,       0xC0000         # and one for the urgent ring's
 .equ NIC_MTU,       65536

@@ -47,7 +47,7 @@ kv_handle:                          # r2 = payload (word aligned), r3 = length
     bnez r3, 1f
     li r2, r_notfound - task_image
     j kv_text
-1:  st zero, 0(r2)
+1:  st zero, 0(r3)                  # the slot is free again
     li r2, r_deleted - task_image
     j kv_text
 

@@ -208,18 +208,18 @@ reply_dec:                          # the reply is r3 in decimal: r2 <- S_REP, r
 
 tfind:                              # find the r3-byte key at r2 in the table at r4 of r5 entries of r6 bytes,
     li r7, 0                        # each a key length (0: free), a word, then the key: r2 <- the entry or 0,
-1:  ld r8, 0(r4)                    # r3 <- the first free entry or 0
-    bnez r8, 2f
+1:  ld r8, 0(r4)                    # r3 <- the first free entry or 0 (clobbers r1, r4-r9, r13 only: the
+    bnez r8, 2f                     # callers keep their key in r10, r11)
     bnez r7, 4f
     mov r7, r4
     j 4f
 2:  bne r8, r3, 4f
     li r9, 0
-3:  add r10, r4, r9
-    ldbu r10, 8(r10)
-    add r11, r2, r9
-    ldbu r11, 0(r11)
-    bne r10, r11, 4f
+3:  add r1, r4, r9
+    ldbu r1, 8(r1)
+    add r13, r2, r9
+    ldbu r13, 0(r13)
+    bne r1, r13, 4f
     addi r9, r9, 1
     bltu r9, r3, 3b
     mov r2, r4
