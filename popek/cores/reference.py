@@ -90,7 +90,7 @@ class Cpu:
             _rw_mark(self, pa, n)
 
 
-_decode = lru_cache(maxsize=1 << 16)(decode)  # decoding is pure: remember the words seen
+cached_decode = lru_cache(maxsize=1 << 16)(decode)  # decoding is pure: remember the words seen
 _WRITTEN = S.STATUS + 1  # without F_REWRITE or F_PV a step writes no slot past STATUS
 
 Semantics = Callable[[Cpu, spec.Decoded, int], None]
@@ -328,7 +328,7 @@ def _step(cpu: Cpu) -> int | None:
             word = _rw_fetch(cpu, pc)
             if S.RW_OP_XLATE <= word >> 24 <= S.RW_OP_LAST:
                 return _rw_execute(cpu, word, pc)
-        d = _decode(word)
+        d = cached_decode(word)
         if d is None:
             raise Trap(spec.ILLEGAL, word)
         cpu.word = word
@@ -435,7 +435,7 @@ def _rw_execute(cpu: Cpu, word: int, pc: int) -> int | None:
     if op == S.RW_OP_CALLOUT:
         return S.EXIT_CALLOUT
     orig = word - (S.RW_TWIN << 24)
-    d = _decode(orig)
+    d = cached_decode(orig)
     if d is None or d.insn.profile_key is None:
         raise Trap(spec.ILLEGAL, orig)
     m = d.insn.mnemonic

@@ -170,7 +170,7 @@ class Decoded:
 
 
 # Which fields must be zero, per operand syntax (ISA §3: every valid word has exactly one spelling).
-_MUST_BE_ZERO = {
+MUST_BE_ZERO = {
     "rd,imm": 0x000F0000,
     "uimm": 0x00FF0000,
     "rd,cr": 0x000F0000,
@@ -188,7 +188,7 @@ def decode(word: int) -> Decoded | None:
     """Decode a 32-bit word, or return None when it is ILLEGAL (unknown opcode or stray bits)."""
     word &= 0xFFFFFFFF
     insn = BY_OPCODE.get(word >> 24)
-    if insn is None or word & _MUST_BE_ZERO.get(insn.operands, 0):
+    if insn is None or word & MUST_BE_ZERO.get(insn.operands, 0):
         return None
     a, b, c = (word >> 20) & 15, (word >> 16) & 15, (word >> 12) & 15
     imm = word & (0xFFFFF if insn.fmt == FMT_J else 0xFFFF)

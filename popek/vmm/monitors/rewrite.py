@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from popek.cores import CoreRun
-from popek.cores.reference import _decode
+from popek.cores.reference import cached_decode
 from popek.isa import spec
 from popek.isa import state as S
 from popek.isa.disasm import disassemble_word
@@ -58,7 +58,7 @@ _MTCR_OUT = (spec.CR_BASE, spec.CR_BOUND, spec.CR_TIMER)
 # Bits that must be zero, per opcode (spec: every valid word has exactly one spelling).
 _MBZ = np.zeros(256, dtype=np.uint32)
 for _insn in spec.INSNS:
-    _MBZ[_insn.opcode] = spec._MUST_BE_ZERO.get(_insn.operands, 0)
+    _MBZ[_insn.opcode] = spec.MUST_BE_ZERO.get(_insn.operands, 0)
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ class BinaryRewriting(DirectExecution):
         """``callout.<instruction>`` for a word of the copy that called out (for the statistics)."""
         name = self.names.get(word)
         if name is None:
-            d = _decode(word - TWIN) if word >> 24 > S.RW_OP_CALLOUT else None
+            d = cached_decode(word - TWIN) if word >> 24 > S.RW_OP_CALLOUT else None
             if d is None:
                 name = "callout.other"  # a guest word that is a monitor-only opcode
             elif d.insn.operands in ("rd,cr", "cr,rs"):
