@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from popek.cores import c as c_core
 from popek.cores import reference
+from popek.cores.c.gen_tables import header_text
 from popek.isa import spec
 from popek.isa import state as S
 from popek.isa.spec import BY_MNEMONIC, encode
@@ -45,12 +46,16 @@ def cores() -> list[tuple[str, object]]:
     return out
 
 
-# --- constants -------------------------------------------------------------------------------------------
+# --- constants and decode tables (p32_tables.h, generated from popek/isa by gen_tables.py) -----------------------
 
 
 def _python_value(name: str) -> int:
-    """The Python constant a ``P32_*`` name of core.h mirrors."""
+    """The Python value a ``P32_*`` name of the generated header stands for."""
     short = name.removeprefix("P32_")
+    if short.startswith("OP_"):
+        return spec.BY_MNEMONIC[short[3:].lower()].opcode
+    if short == "NUM_PROFILE_KEYS":
+        return len(spec.PROFILE_KEYS)
     if short.startswith("K_"):
         key = short[2:].lower()
         return spec.PROFILE_INDEX[{"mfcr": "mfcr.psw", "mtcr": "mtcr.psw"}.get(key, key)]
@@ -61,20 +66,35 @@ def _python_value(name: str) -> int:
 
 
 def _header_constants() -> dict[str, int]:
-    text = (NATIVE / "core.h").read_text()
-    return {m[1]: int(m[2]) for m in re.finditer(r"^#define (P32_[A-Z0-9_]+) +(-?\d+)\b", text, re.MULTILINE)}
+    """The ``#define P32_<NAME> <number>`` lines of the header the generator writes now, read as text."""
+    defines = re.finditer(r"^#define (P32_[A-Z0-9_]+) +(-?(?:0x[0-9a-fA-F]+|\d+))u?$", header_text(), re.MULTILINE)
+    return {m[1]: int(m[2], 0) for m in defines}
 
 
-def test_header_constants_match_python() -> None:
-    """core.h, read as text: runs even where the C core could not be built."""
+def test_generated_header_matches_python() -> None:
+    """The generated header, read as text: runs even where the C core could not be built."""
+    text = header_text()
+    assert "DO NOT MODIFY" in text.split("*/")[0] and "gen_tables.py" in text.split("*/")[0]
     consts = _header_constants()
     for name, value in consts.items():
         assert value == _python_value(name), name
-    # every slot, flag and exit code of popek/isa/state.py is mirrored
-    wanted = [n for n in dir(S) if n.isupper() and isinstance(getattr(S, n), int) and n != "MASK32"]
-    assert sorted(n for n in wanted if f"P32_{n}" not in consts) == []
+    # every slot, flag, exit code and constant of popek/isa/state.py and spec.py, and every opcode, is there
+    for module in (S, spec):
+        wanted = [n for n, v in vars(module).items() if n.isupper() and type(v) is int]
+        assert sorted(n for n in wanted if f"P32_{n}" not in consts) == []
+    assert sorted(n for n in (f"P32_OP_{i.mnemonic.upper()}" for i in spec.INSNS) if n not in consts) == []
     assert all(consts["P32_K_MFCR"] + i == spec.PROFILE_INDEX[f"mfcr.{cr}"] for i, cr in enumerate(spec.CR_NAMES))
     assert all(consts["P32_K_MTCR"] + i == spec.PROFILE_INDEX[f"mtcr.{cr}"] for i, cr in enumerate(spec.CR_NAMES))
+    ops = re.findall(r"X\(P32_OP_(\w+), (\w+)\)", text)
+    assert [(name, handler) for name, handler in ops] == [(i.mnemonic.upper(),) * 2 for i in spec.INSNS]
+
+
+def test_c_sources_keep_no_copy_of_a_generated_constant() -> None:
+    """core.h and core.c define none of the header's names: a spec constant has one home."""
+    generated = set(_header_constants())
+    for source in ("core.h", "core.c"):
+        defined = set(re.findall(r"^\s*#\s*define\s+(\w+)", (NATIVE / source).read_text(), re.MULTILINE))
+        assert defined & generated == set(), source
 
 
 @needs_c
@@ -83,10 +103,35 @@ def test_c_constants_match_python() -> None:
     assert c_core.constants() == _header_constants()
 
 
-def test_c_opcode_table_matches_spec() -> None:
-    """The dispatch table's opcodes (core.c's P32_OPS list) are the instruction table's."""
-    ops = re.findall(r"X\((0x[0-9A-Fa-f]+), (\w+)\)", (NATIVE / "core.c").read_text())
-    assert {m: int(o, 16) for o, m in ops} == {i.mnemonic: i.opcode for i in spec.INSNS}
+def _words_to_decode(insn: spec.Insn) -> list[int]:
+    """Words of ``insn``'s opcode: plain ones, every field, each stray bit, every control register and beyond."""
+    words = [spec.encode(insn, a, b, c, imm) for a, b, c, imm in [(0, 0, 0, 0), (15, 15, 15, 0xFFFF), (1, 2, 3, 4)]]
+    words += [spec.encode(insn, imm=cr) for cr in range(spec.NUM_CRS + 2)] + [spec.encode(insn, imm=0xFFFF)]
+    return words + [words[0] | 1 << bit for bit in range(24)]
+
+
+@needs_c
+def test_c_decode_tables_match_spec() -> None:
+    """Decoding any word through the compiled per-opcode tables, as core.c does, agrees with spec.decode and
+    with the profile key the reference core looks up."""
+    tables = c_core.tables()
+    assert set(tables) == {"must_be_zero", "profile_key", "cr_operand"}
+    assert all(len(t) == 256 for t in tables.values())
+    for op in range(256):
+        if op not in spec.BY_OPCODE:  # unknown: dispatch makes it ILLEGAL, and no key may let it run
+            assert (tables["must_be_zero"][op], tables["profile_key"][op], tables["cr_operand"][op]) == (0, -1, 0)
+    for insn in spec.INSNS:
+        op = insn.opcode
+        for word in _words_to_decode(insn):
+            imm = word & 0xFFFF
+            illegal = bool(word & tables["must_be_zero"][op]) or bool(tables["cr_operand"][op] and imm >= spec.NUM_CRS)
+            d = spec.decode(word)
+            assert illegal == (d is None), f"{word:#010x}"
+            if d is None:
+                continue
+            key, first = reference.profile_key(d), tables["profile_key"][op]
+            got = -1 if first < 0 else first + (imm if tables["cr_operand"][op] else 0)
+            assert got == (-1 if key is None else spec.PROFILE_INDEX[key]), f"{word:#010x}"
 
 
 # --- running the cores side by side ------------------------------------------------------------------------

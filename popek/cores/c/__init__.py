@@ -38,10 +38,18 @@ def unavailable_reason() -> str:
 
 
 def constants() -> dict[str, int]:
-    """Every ``P32_*`` constant of popek/cores/c/core.h, as compiled into the extension."""
+    """Every ``P32_*`` constant of the generated header (p32_tables.h), as compiled into the extension."""
     if lib is None:
         raise CoreUnavailable(f"the C core is unavailable: {_REASON}")
     return {name: getattr(lib, name) for name in dir(lib) if name.startswith("P32_")}
+
+
+def tables() -> dict[str, list[int]]:
+    """The per-opcode decode tables of the generated header (``p32_<name>[256]``), as compiled into the extension."""
+    if lib is None:
+        raise CoreUnavailable(f"the C core is unavailable: {_REASON}")
+    arrays = [n for n in dir(lib) if n.startswith("p32_") and ffi.typeof(getattr(lib, n)).kind == "array"]
+    return {name.removeprefix("p32_"): list(getattr(lib, name)) for name in arrays}
 
 
 # Arrays already handed to C: id -> (weak reference, pointer, length). Taking a numpy array's buffer costs

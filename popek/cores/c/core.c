@@ -44,19 +44,6 @@ static inline void store32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)(v >> 24);
 }
 
-/* Every instruction: opcode and handler name.  Drives the dispatch table. */
-#define P32_OPS(X)                                                                                          \
-    X(0x01, add) X(0x02, sub) X(0x03, and) X(0x04, or) X(0x05, xor) X(0x06, shl) X(0x07, shr) X(0x08, sar)  \
-    X(0x09, mul) X(0x0A, div) X(0x0B, divu) X(0x0C, rem) X(0x0D, remu) X(0x0E, slt) X(0x0F, sltu)           \
-    X(0x10, lui) X(0x11, addi) X(0x13, andi) X(0x14, ori) X(0x15, xori) X(0x16, shli) X(0x17, shri)         \
-    X(0x18, sari) X(0x1E, slti) X(0x1F, sltiu)                                                              \
-    X(0x20, ld) X(0x21, ldb) X(0x22, ldbu) X(0x24, st) X(0x25, stb)                                         \
-    X(0x30, beq) X(0x31, bne) X(0x32, blt) X(0x33, bge) X(0x34, bltu) X(0x35, bgeu) X(0x38, jal)            \
-    X(0x39, jalr)                                                                                           \
-    X(0x40, syscall) X(0x41, brk) X(0x42, hcall)                                                            \
-    X(0x48, iret) X(0x49, halt) X(0x4A, wfi) X(0x4B, mfcr) X(0x4C, mtcr) X(0x4D, in) X(0x4E, out)           \
-    X(0x50, getpsw) X(0x51, setpsw) X(0x52, getbase)
-
 /* Instruction fields. */
 #define RA ((word >> 20) & 15u)
 #define RB ((word >> 16) & 15u)
@@ -66,12 +53,8 @@ static inline void store32(uint8_t *p, uint32_t v)
 #define SOFF20 (((word & 0xFFFFFu) ^ 0x80000u) - 0x80000u) /* sext(off20), modulo 2**32 */
 #define SIGNED_LT(x, y) (((x) ^ 0x80000000u) < ((y) ^ 0x80000000u))
 
-/* Stray bits in a field that the instruction does not use (ISA §3). */
-#define MBZ_R 0x00000FFFu
-#define MBZ_B 0x000F0000u  /* lui mfcr mtcr in out */
-#define MBZ_AB 0x00FF0000u /* syscall brk hcall */
-#define MBZ_BI 0x000FFFFFu /* getpsw setpsw getbase */
-#define MBZ_ALL 0x00FFFFFFu
+/* Stray bits in a field that instruction NAME does not use (ISA §3); a constant, folded at compile time. */
+#define STRAY(NAME) (word & p32_must_be_zero[P32_OP_##NAME])
 
 /* The relocation window R, clamped to memory: an access of n bytes at va is allowed iff va + n <= limit. */
 #define SET_WINDOW()                                                                                        \
@@ -109,7 +92,7 @@ static inline void store32(uint8_t *p, uint32_t v)
 /* Start the next step on the fast path: pc is aligned and nothing but the budget or the timer can be due
  * (the slow path checks those when ret reaches stop).  Leaves the instruction word in `word`. */
 #ifdef P32_COMPUTED_GOTO
-#define CASE(opc, name) L_##name:
+#define CASE(NAME) L_##NAME:
 #define NEXT()                                                                                              \
     do {                                                                                                    \
         r[0] = 0;                                                                                           \
@@ -121,7 +104,7 @@ static inline void store32(uint8_t *p, uint32_t v)
         goto *dispatch[word >> 24];                                                                         \
     } while (0)
 #else
-#define CASE(opc, name) case opc:
+#define CASE(NAME) case P32_OP_##NAME:
 #define NEXT() goto next
 #endif
 
@@ -139,25 +122,29 @@ static inline void store32(uint8_t *p, uint32_t v)
         goto slow;                                                                                          \
     } while (0)
 
-/* R-format ALU instruction: check the spare bits, compute, retire. */
-#define ALU_R(opc, name, expr)                                                                              \
-    CASE(opc, name)                                                                                         \
+/* R-format ALU instruction: check the spare bits, then `check` (a statement, or nothing), compute, retire. */
+#define ALU_R_CHECKED(NAME, check, expr)                                                                    \
+    CASE(NAME)                                                                                              \
     {                                                                                                       \
-        if (UNLIKELY(word & MBZ_R))                                                                         \
+        if (UNLIKELY(STRAY(NAME)))                                                                          \
             goto illegal;                                                                                   \
         uint32_t x = r[RB], y = r[RC];                                                                      \
+        check;                                                                                              \
         r[RA] = (expr);                                                                                     \
         RETIRE_NEXT();                                                                                      \
     }
-#define ALU_I(opc, name, expr)                                                                              \
-    CASE(opc, name)                                                                                         \
+#define ALU_R(NAME, expr) ALU_R_CHECKED(NAME, (void)0, expr)
+/* Division: a zero divisor raises DIVZERO. */
+#define DIVIDE(NAME, expr) ALU_R_CHECKED(NAME, if (UNLIKELY(y == 0)) FAULT(P32_DIVZERO, 0), expr)
+#define ALU_I(NAME, expr)                                                                                   \
+    CASE(NAME)                                                                                              \
     {                                                                                                       \
         uint32_t x = r[RB];                                                                                 \
         r[RA] = (expr);                                                                                     \
         RETIRE_NEXT();                                                                                      \
     }
-#define BRANCH(opc, name, cond)                                                                             \
-    CASE(opc, name)                                                                                         \
+#define BRANCH(NAME, cond)                                                                                  \
+    CASE(NAME)                                                                                              \
     {                                                                                                       \
         uint32_t x = r[RA], y = r[RB];                                                                      \
         pc += (cond) ? SIMM << 2 : 4u;                                                                      \
@@ -174,6 +161,12 @@ static inline void store32(uint8_t *p, uint32_t v)
         if (how_ != P32_EXECUTE)                                                                            \
             goto privileged;                                                                                \
     }
+
+/* Decode system instruction NAME: ILLEGAL with stray bits, then in user mode the profile decides. */
+#define SYSTEM_DECODE(NAME)                                                                                 \
+    if (UNLIKELY(STRAY(NAME)))                                                                              \
+        goto illegal;                                                                                       \
+    USER_MODE_CHECK(p32_profile_key[P32_OP_##NAME])
 
 /* binary-rewriting support --------------------------------------------------------------------------------
  * Active while F_REWRITE is set and 4 <= D <= base (D = state[RW_SHADOW]), which keeps every shadow access
@@ -232,7 +225,7 @@ int p32_run(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget)
 #pragma GCC diagnostic ignored "-Wpragmas"
 #pragma GCC diagnostic ignored "-Woverride-init"
 #pragma GCC diagnostic ignored "-Winitializer-overrides"
-#define DISPATCH_ENTRY(opc, name) [opc] = &&L_##name,
+#define DISPATCH_ENTRY(opc, NAME) [opc] = &&L_##NAME,
     /* every opcode not in the table is ILLEGAL */
     static const void *const dispatch[256] = {[0 ... 255] = &&L_illegal, P32_OPS(DISPATCH_ENTRY)};
 #undef DISPATCH_ENTRY
@@ -282,78 +275,62 @@ next:
     switch (word >> 24) {
 #endif
 
-    ALU_R(0x01, add, x + y)
-    ALU_R(0x02, sub, x - y)
-    ALU_R(0x03, and, x & y)
-    ALU_R(0x04, or, x | y)
-    ALU_R(0x05, xor, x ^ y)
-    ALU_R(0x06, shl, x << (y & 31u))
-    ALU_R(0x07, shr, x >> (y & 31u))
-    ALU_R(0x08, sar, (uint32_t)((int32_t)x >> (y & 31u)))
-    ALU_R(0x09, mul, x * y)
-    ALU_R(0x0E, slt, (uint32_t)SIGNED_LT(x, y))
-    ALU_R(0x0F, sltu, (uint32_t)(x < y))
+    ALU_R(ADD, x + y)
+    ALU_R(SUB, x - y)
+    ALU_R(AND, x & y)
+    ALU_R(OR, x | y)
+    ALU_R(XOR, x ^ y)
+    ALU_R(SHL, x << (y & 31u))
+    ALU_R(SHR, x >> (y & 31u))
+    ALU_R(SAR, (uint32_t)((int32_t)x >> (y & 31u)))
+    ALU_R(MUL, x * y)
+    ALU_R(SLT, (uint32_t)SIGNED_LT(x, y))
+    ALU_R(SLTU, (uint32_t)(x < y))
 
-    CASE(0x0A, div)
-    CASE(0x0B, divu)
-    CASE(0x0C, rem)
-    CASE(0x0D, remu)
-    {
-        if (UNLIKELY(word & MBZ_R))
-            goto illegal;
-        uint32_t x = r[RB], y = r[RC], op = word >> 24;
-        if (UNLIKELY(y == 0))
-            FAULT(P32_DIVZERO, 0);
-        if (op == 0x0A) /* div: truncating; INT_MIN / -1 = INT_MIN */
-            r[RA] = y == 0xFFFFFFFFu ? 0u - x : (uint32_t)((int32_t)x / (int32_t)y);
-        else if (op == 0x0B)
-            r[RA] = x / y;
-        else if (op == 0x0C) /* rem: sign of the dividend; INT_MIN % -1 = 0 */
-            r[RA] = y == 0xFFFFFFFFu ? 0u : (uint32_t)((int32_t)x % (int32_t)y);
-        else
-            r[RA] = x % y;
-        RETIRE_NEXT();
-    }
+    DIVIDE(DIV, y == 0xFFFFFFFFu ? 0u - x : (uint32_t)((int32_t)x / (int32_t)y)) /* INT_MIN / -1 = INT_MIN */
+    DIVIDE(DIVU, x / y)
+    DIVIDE(REM, y == 0xFFFFFFFFu ? 0u : (uint32_t)((int32_t)x % (int32_t)y)) /* INT_MIN % -1 = 0 */
+    DIVIDE(REMU, x % y)
 
-    CASE(0x10, lui)
+    CASE(LUI)
     {
-        if (UNLIKELY(word & MBZ_B))
+        if (UNLIKELY(STRAY(LUI)))
             goto illegal;
         r[RA] = IMM << 16;
         RETIRE_NEXT();
     }
-    ALU_I(0x11, addi, x + SIMM)
-    ALU_I(0x13, andi, x & IMM)
-    ALU_I(0x14, ori, x | IMM)
-    ALU_I(0x15, xori, x ^ IMM)
-    ALU_I(0x16, shli, x << (word & 31u))
-    ALU_I(0x17, shri, x >> (word & 31u))
-    ALU_I(0x18, sari, (uint32_t)((int32_t)x >> (word & 31u)))
-    ALU_I(0x1E, slti, (uint32_t)SIGNED_LT(x, SIMM))
-    ALU_I(0x1F, sltiu, (uint32_t)(x < SIMM))
+    ALU_I(ADDI, x + SIMM)
+    ALU_I(ANDI, x & IMM)
+    ALU_I(ORI, x | IMM)
+    ALU_I(XORI, x ^ IMM)
+    ALU_I(SHLI, x << (word & 31u))
+    ALU_I(SHRI, x >> (word & 31u))
+    ALU_I(SARI, (uint32_t)((int32_t)x >> (word & 31u)))
+    ALU_I(SLTI, (uint32_t)SIGNED_LT(x, SIMM))
+    ALU_I(SLTIU, (uint32_t)(x < SIMM))
 
-    CASE(0x20, ld)
+    CASE(LD)
     {
         uint32_t va = r[RB] + SIMM;
         CHECK_WORD(va);
         r[RA] = load32(mb + va);
         RETIRE_NEXT();
     }
-    CASE(0x21, ldb)
+    CASE(LDB)
     {
         uint32_t va = r[RB] + SIMM;
         CHECK_BYTE(va);
         r[RA] = ((uint32_t)mb[va] ^ 0x80u) - 0x80u;
         RETIRE_NEXT();
     }
-    CASE(0x22, ldbu)
+    CASE(LDBU)
     {
         uint32_t va = r[RB] + SIMM;
         CHECK_BYTE(va);
         r[RA] = mb[va];
         RETIRE_NEXT();
     }
-    CASE(0x24, st)
+    CASE(ST)
     {
         uint32_t va = r[RB] + SIMM;
         CHECK_WORD(va);
@@ -361,7 +338,7 @@ next:
         RW_MARK_STORE(va, 4); /* binary-rewriting support */
         RETIRE_NEXT();
     }
-    CASE(0x25, stb)
+    CASE(STB)
     {
         uint32_t va = r[RB] + SIMM;
         CHECK_BYTE(va);
@@ -370,14 +347,14 @@ next:
         RETIRE_NEXT();
     }
 
-    BRANCH(0x30, beq, x == y)
-    BRANCH(0x31, bne, x != y)
-    BRANCH(0x32, blt, SIGNED_LT(x, y))
-    BRANCH(0x33, bge, !SIGNED_LT(x, y))
-    BRANCH(0x34, bltu, x < y)
-    BRANCH(0x35, bgeu, x >= y)
+    BRANCH(BEQ, x == y)
+    BRANCH(BNE, x != y)
+    BRANCH(BLT, SIGNED_LT(x, y))
+    BRANCH(BGE, !SIGNED_LT(x, y))
+    BRANCH(BLTU, x < y)
+    BRANCH(BGEU, x >= y)
 
-    CASE(0x38, jal)
+    CASE(JAL)
     {
         uint32_t target = pc + (SOFF20 << 2);
         r[RA] = pc + 4;
@@ -385,7 +362,7 @@ next:
         ret++;
         NEXT();
     }
-    CASE(0x39, jalr)
+    CASE(JALR)
     {
         uint32_t target = r[RB] + SIMM; /* before writing rd: jalr r1, 0(r1) works */
         r[RA] = pc + 4;
@@ -396,22 +373,22 @@ next:
         NEXT();
     }
 
-    CASE(0x40, syscall)
+    CASE(SYSCALL)
     {
-        if (UNLIKELY(word & MBZ_AB))
+        if (UNLIKELY(STRAY(SYSCALL)))
             goto illegal;
         FAULT(P32_SYSCALL, IMM);
     }
-    CASE(0x41, brk)
+    CASE(BRK)
     {
-        if (UNLIKELY(word & MBZ_AB))
+        if (UNLIKELY(STRAY(BRK)))
             goto illegal;
         FAULT(P32_BREAK, IMM);
     }
-    CASE(0x42, hcall)
+    CASE(HCALL)
     {
         /* paravirtual support: a hypercall the processor performs itself */
-        if (pv && !(word & MBZ_AB) && IMM < P32_HC_FAST_LIMIT && (state[P32_PV_FAST] >> IMM & 1) &&
+        if (pv && !STRAY(HCALL) && IMM < P32_HC_FAST_LIMIT && (state[P32_PV_FAST] >> IMM & 1) &&
             state[P32_PV_KMODE]) {
             uint32_t n = IMM;
             state[P32_PV_NCALLS + n]++;
@@ -447,18 +424,16 @@ next:
             pc += 4;
             RETIRE_SLOW();
         }
-        if (UNLIKELY(word & MBZ_AB) || !(flags & P32_F_HCALL_TO_HOST))
+        if (UNLIKELY(STRAY(HCALL)) || !(flags & P32_F_HCALL_TO_HOST))
             goto illegal;
         state[P32_XCAUSE] = IMM;
         rc = P32_EXIT_HCALL;
         goto out;
     }
 
-    CASE(0x48, iret)
+    CASE(IRET)
     {
-        if (UNLIKELY(word & MBZ_ALL))
-            goto illegal;
-        USER_MODE_CHECK(P32_K_IRET)
+        SYSTEM_DECODE(IRET)
         pc = (uint32_t)state[P32_EPC];
         psw = state[P32_EPSW] & 3;
         base = state[P32_EBASE];
@@ -466,22 +441,18 @@ next:
         SET_WINDOW();
         RETIRE_SLOW();
     }
-    CASE(0x49, halt)
+    CASE(HALT)
     {
-        if (UNLIKELY(word & MBZ_ALL))
-            goto illegal;
-        USER_MODE_CHECK(P32_K_HALT)
+        SYSTEM_DECODE(HALT)
         state[P32_STATUS] = r[1] & 0xFFu;
         pc += 4;
         ret++;
         rc = P32_EXIT_HALT;
         goto out;
     }
-    CASE(0x4A, wfi)
+    CASE(WFI)
     {
-        if (UNLIKELY(word & MBZ_ALL))
-            goto illegal;
-        USER_MODE_CHECK(P32_K_WFI)
+        SYSTEM_DECODE(WFI)
         if (!pending) {
             if (tdead == NEVER || (flags & P32_F_TRAPS_TO_HOST)) {
                 rc = P32_EXIT_IDLE; /* nothing can end the wait, or the host wants to see it */
@@ -497,12 +468,12 @@ next:
         pc += 4;
         RETIRE_SLOW();
     }
-    CASE(0x4B, mfcr)
+    CASE(MFCR)
     {
         uint32_t cr = IMM, v;
-        if (UNLIKELY((word & MBZ_B) || cr >= P32_NUM_CRS))
+        if (UNLIKELY(STRAY(MFCR) || cr >= P32_NUM_CRS))
             goto illegal;
-        USER_MODE_CHECK(P32_K_MFCR + cr)
+        USER_MODE_CHECK(p32_profile_key[P32_OP_MFCR] + cr)
         switch (cr) {
         case P32_CR_PSW: v = (uint32_t)psw; break;
         case P32_CR_BASE: v = (uint32_t)base; break;
@@ -514,12 +485,12 @@ next:
         r[RA] = v;
         RETIRE_NEXT();
     }
-    CASE(0x4C, mtcr)
+    CASE(MTCR)
     {
         uint32_t cr = IMM, v;
-        if (UNLIKELY((word & MBZ_B) || cr >= P32_NUM_CRS))
+        if (UNLIKELY(STRAY(MTCR) || cr >= P32_NUM_CRS))
             goto illegal;
-        USER_MODE_CHECK(P32_K_MTCR + cr)
+        USER_MODE_CHECK(p32_profile_key[P32_OP_MTCR] + cr)
         v = r[RA];
         switch (cr) {
         case P32_CR_PSW: psw = v & 3u; break;
@@ -538,11 +509,9 @@ next:
         pc += 4;
         RETIRE_SLOW(); /* psw may now enable interrupts */
     }
-    CASE(0x4D, in)
+    CASE(IN)
     {
-        if (UNLIKELY(word & MBZ_B))
-            goto illegal;
-        USER_MODE_CHECK(P32_K_IN)
+        SYSTEM_DECODE(IN)
         state[P32_IO_PORT] = IMM;
         state[P32_IO_WRITE] = 0;
         state[P32_IO_VALUE] = 0;
@@ -550,11 +519,9 @@ next:
         rc = P32_EXIT_IO;
         goto out;
     }
-    CASE(0x4E, out)
+    CASE(OUT)
     {
-        if (UNLIKELY(word & MBZ_B))
-            goto illegal;
-        USER_MODE_CHECK(P32_K_OUT)
+        SYSTEM_DECODE(OUT)
         state[P32_IO_PORT] = IMM;
         state[P32_IO_WRITE] = 1;
         state[P32_IO_VALUE] = r[RA];
@@ -562,28 +529,22 @@ next:
         rc = P32_EXIT_IO;
         goto out;
     }
-    CASE(0x50, getpsw)
+    CASE(GETPSW)
     {
-        if (UNLIKELY(word & MBZ_BI))
-            goto illegal;
-        USER_MODE_CHECK(P32_K_GETPSW)
+        SYSTEM_DECODE(GETPSW)
         r[RA] = (uint32_t)psw;
         RETIRE_NEXT();
     }
-    CASE(0x51, setpsw)
+    CASE(SETPSW)
     {
-        if (UNLIKELY(word & MBZ_BI))
-            goto illegal;
-        USER_MODE_CHECK(P32_K_SETPSW)
+        SYSTEM_DECODE(SETPSW)
         psw = r[RA] & 3u;
         pc += 4;
         RETIRE_SLOW(); /* may enable interrupts */
     }
-    CASE(0x52, getbase)
+    CASE(GETBASE)
     {
-        if (UNLIKELY(word & MBZ_BI))
-            goto illegal;
-        USER_MODE_CHECK(P32_K_GETBASE)
+        SYSTEM_DECODE(GETBASE)
         r[RA] = (uint32_t)base;
         RETIRE_NEXT();
     }
@@ -621,15 +582,11 @@ rw_op: /* binary-rewriting support: a monitor-only word fetched from the shadow 
     if (op == P32_RW_OP_CALLOUT)
         goto rw_callout;
     /* a twin: the original must be a system instruction with a profile key, without stray bits */
-    switch (oop) {
-    case 0x48: case 0x49: case 0x4A: bad = (orig & MBZ_ALL) != 0; key = P32_K_IRET + (int)(oop - 0x48); break;
-    case 0x4B: case 0x4C:
-        bad = (orig & MBZ_B) || imm >= P32_NUM_CRS;
-        key = (oop == 0x4B ? P32_K_MFCR : P32_K_MTCR) + (int)(imm < P32_NUM_CRS ? imm : 0);
-        break;
-    case 0x4D: case 0x4E: bad = (orig & MBZ_B) != 0; key = oop == 0x4D ? P32_K_IN : P32_K_OUT; break;
-    case 0x50: case 0x51: case 0x52: bad = (orig & MBZ_BI) != 0; key = P32_K_GETPSW + (int)(oop - 0x50); break;
-    default: bad = 1; key = 0; break;
+    key = p32_profile_key[oop];
+    bad = key < 0 || (orig & p32_must_be_zero[oop]) != 0;
+    if (p32_cr_operand[oop]) { /* mfcr.<cr>, mtcr.<cr>: one key per control register */
+        bad = bad || imm >= P32_NUM_CRS;
+        key += (int)imm;
     }
     if (bad)
         FAULT(P32_ILLEGAL, orig);
@@ -641,8 +598,8 @@ rw_op: /* binary-rewriting support: a monitor-only word fetched from the shadow 
             FAULT(P32_PRIV, orig);
     }
     switch (oop) {
-    case 0x4B: case 0x50: case 0x52: /* mfcr getpsw getbase: read a virtual CR */
-        cr = oop == 0x4B ? imm : oop == 0x50 ? P32_CR_PSW : P32_CR_BASE;
+    case P32_OP_MFCR: case P32_OP_GETPSW: case P32_OP_GETBASE: /* read a virtual CR */
+        cr = oop == P32_OP_MFCR ? imm : oop == P32_OP_GETPSW ? P32_CR_PSW : P32_CR_BASE;
         if (cr == P32_CR_CYCLE)
             v = (uint32_t)((uint64_t)cbase + (uint64_t)ret + (uint64_t)vcr[cr]);
         else if (cr == P32_CR_TIMER)
@@ -651,8 +608,8 @@ rw_op: /* binary-rewriting support: a monitor-only word fetched from the shadow 
             v = (uint32_t)vcr[cr];
         r[ra] = v;
         RETIRE_NEXT();
-    case 0x4C: case 0x51: /* mtcr setpsw: write a virtual CR, or leave it to the monitor */
-        cr = oop == 0x4C ? imm : P32_CR_PSW;
+    case P32_OP_MTCR: case P32_OP_SETPSW: /* write a virtual CR, or leave it to the monitor */
+        cr = oop == P32_OP_MTCR ? imm : P32_CR_PSW;
         v = r[ra];
         if (cr == P32_CR_PSW) {
             v &= 3u;
