@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from popek.cores import jit, reference
+from popek.cores.c import gen_tables
 from popek.isa import spec
 from popek.isa import state as S
 from popek.isa.spec import CR_NUMBER
@@ -367,8 +368,11 @@ def test_a_changed_dependency_drops_the_cache(tmp_path: Path) -> None:
 
 
 def test_the_core_records_what_its_cache_was_built_from() -> None:
+    """The digest kept beside the cache covers every file compiled in: the IR fast loop, the instruction
+    table, the state layout and the decode tables."""
+    assert set(jit.DEPENDENCIES) == {jit.threaded, spec, S, gen_tables}
     cache_path = jit.run._cache.cache_path
     if not isinstance(cache_path, str):
         pytest.skip("compiled without an on-disk cache here")
-    sources = b"".join(Path(m.__file__).read_bytes() for m in (jit.threaded, spec, S))
+    sources = b"".join(Path(m.__file__).read_bytes() for m in jit.DEPENDENCIES)
     assert (Path(cache_path) / "jit.dependencies").read_text() == hashlib.sha256(sources).hexdigest()

@@ -21,8 +21,12 @@ it is written for speed:
   and no value in ``state`` can reach outside ``mem``;
 - every instruction word is fetched from memory at every step, so self-modifying code needs no care.
 
+System instructions are decoded through per-opcode tables (must-be-zero bits, profile key, control-register
+operand) that ``popek/cores/c/gen_tables.py`` derives from the instruction table for the C core as well.
+
 Numba keys its on-disk cache on this file alone; ``_drop_stale_cache`` also drops it when a file compiled
-into it (``threaded.py``, ``popek/isa/spec.py``, ``popek/isa/state.py``) has changed.
+into it (``threaded.py``, ``popek/isa/spec.py``, ``popek/isa/state.py``, ``popek/cores/c/gen_tables.py``) has
+changed.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from popek.cores import threaded
+from popek.cores.c import gen_tables
 from popek.cores.threaded import SYSTEM_MARK, fast_loop, fast_loop_rw
 from popek.isa import spec
 from popek.isa import state as S
@@ -62,13 +67,18 @@ NUM_CRS, CR_PSW, CR_BASE, CR_BOUND = spec.NUM_CRS, spec.CR_PSW, spec.CR_BASE, sp
 CR_TIMER, CR_CYCLE = spec.CR_TIMER, spec.CR_CYCLE
 SYSCALL, PRIV, ILLEGAL, BREAK = spec.SYSCALL, spec.PRIV, spec.ILLEGAL, spec.BREAK
 TIMER_IRQ, DEVICE_IRQ = spec.TIMER_IRQ, spec.DEVICE_IRQ
-P_IRET, P_HALT, P_WFI, P_IN, P_OUT, P_GETPSW, P_SETPSW, P_GETBASE = (
-    S.PROFILE + spec.PROFILE_INDEX[k] for k in spec.SIMPLE_PROFILE_KEYS
+PROFILE = S.PROFILE
+_OP = {insn.mnemonic: insn.opcode for insn in spec.INSNS}
+OP_SYSCALL, OP_BRK, OP_HCALL, OP_IRET, OP_HALT, OP_WFI = (_OP[m] for m in "syscall brk hcall iret halt wfi".split())
+OP_MFCR, OP_MTCR, OP_IN, OP_OUT, OP_GETPSW, OP_SETPSW, OP_GETBASE = (
+    _OP[m] for m in "mfcr mtcr in out getpsw setpsw getbase".split()
 )
-P_MFCR = S.PROFILE + spec.PROFILE_INDEX["mfcr." + spec.CR_NAMES[0]]  # mfcr.X at P_MFCR + X
-P_MTCR = S.PROFILE + spec.PROFILE_INDEX["mtcr." + spec.CR_NAMES[0]]  # mtcr.X at P_MTCR + X
-assert all(spec.PROFILE_INDEX[f"mfcr.{n}"] + S.PROFILE == P_MFCR + i for i, n in enumerate(spec.CR_NAMES))
-assert all(spec.PROFILE_INDEX[f"mtcr.{n}"] + S.PROFILE == P_MTCR + i for i, n in enumerate(spec.CR_NAMES))
+# Per-opcode decode tables (gen_tables.opcode_tables, as the C core has them); Numba freezes global arrays into
+# the compiled code as constants.
+_TABLES = gen_tables.opcode_tables()
+MUST_BE_ZERO = np.array(_TABLES["must_be_zero"], dtype=np.int64)
+PROFILE_KEY = np.array(_TABLES["profile_key"], dtype=np.int64)
+CR_OPERAND = np.array(_TABLES["cr_operand"], dtype=np.bool_)
 # binary-rewriting support (popek/isa/state.py; the reference core's _rw_* functions are the specification)
 F_REWRITE, RW_SHADOW, RW_FETCH, RW_VPEND, VCR0 = S.F_REWRITE, S.RW_SHADOW, S.RW_FETCH, S.RW_VPEND, S.VCR0
 EXIT_XLATE, EXIT_CALLOUT, RW_TWIN = S.EXIT_XLATE, S.EXIT_CALLOUT, S.RW_TWIN
@@ -308,6 +318,22 @@ def _fast_rw(state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, A
 
 
 @_compiled
+def _profile_slot(w):  # noqa: ANN001, ANN202
+    """Decode the system instruction ``w``: the state slot of the profile key that decides it in user mode, or
+    -1 when it is ILLEGAL (unknown opcode, stray bits, unknown control register) or has no profile key."""
+    op = w >> 24
+    key = PROFILE_KEY[op]
+    if key < 0 or (w & MUST_BE_ZERO[op]) != 0:
+        return -1
+    if CR_OPERAND[op]:
+        cr = w & 0xFFFF
+        if cr >= NUM_CRS:
+            return -1
+        key += cr
+    return PROFILE + key
+
+
+@_compiled
 def _rw_twin(state, w, cycle):  # noqa: ANN001, ANN202
     """Binary-rewriting support: perform the twin ``w`` on the virtual CPU (reference.py, _rw_execute).
 
@@ -318,32 +344,17 @@ def _rw_twin(state, w, cycle):  # noqa: ANN001, ANN202
     oop = orig >> 24
     a = (orig >> 20) & 15
     imm = orig & 0xFFFF
-    key = 0
-    if oop >= 0x48 and oop <= 0x4A:  # iret halt wfi
-        bad = (orig & 0xFFFFFF) != 0
-        key = P_IRET + (oop - 0x48)
-    elif oop == 0x4B or oop == 0x4C:  # mfcr mtcr
-        bad = (orig & 0xF0000) != 0 or imm >= NUM_CRS
-        if not bad:
-            key = (P_MFCR if oop == 0x4B else P_MTCR) + imm
-    elif oop == 0x4D or oop == 0x4E:  # in out
-        bad = (orig & 0xF0000) != 0
-        key = P_IN if oop == 0x4D else P_OUT
-    elif oop >= 0x50 and oop <= 0x52:  # getpsw setpsw getbase
-        bad = (orig & 0xFFFFF) != 0
-        key = P_GETPSW + (oop - 0x50)
-    else:
-        bad = True
-    if bad:
+    slot = _profile_slot(orig)  # the original must be a system instruction with a profile key
+    if slot < 0:
         return ILLEGAL
     if not (state[VCR0 + CR_PSW] & 1):  # virtual user mode: the profile decides
-        behaviour = state[key]
+        behaviour = state[slot]
         if behaviour == IGNORE:
             return RW_RETIRE
         if behaviour != EXECUTE:
             return PRIV
-    if oop == 0x4B or oop == 0x50 or oop == 0x52:  # mfcr getpsw getbase: read a virtual CR
-        cr = imm if oop == 0x4B else (CR_PSW if oop == 0x50 else CR_BASE)
+    if oop == OP_MFCR or oop == OP_GETPSW or oop == OP_GETBASE:  # read a virtual CR
+        cr = imm if oop == OP_MFCR else (CR_PSW if oop == OP_GETPSW else CR_BASE)
         if cr == CR_CYCLE:
             v = (cycle + state[VCR0 + cr]) & M32
         elif cr == CR_TIMER:
@@ -353,8 +364,8 @@ def _rw_twin(state, w, cycle):  # noqa: ANN001, ANN202
         if a:
             state[a] = v
         return RW_RETIRE
-    if oop == 0x4C or oop == 0x51:  # mtcr setpsw: write a virtual CR, or leave it to the monitor
-        cr = imm if oop == 0x4C else CR_PSW
+    if oop == OP_MTCR or oop == OP_SETPSW:  # write a virtual CR, or leave it to the monitor
+        cr = imm if oop == OP_MTCR else CR_PSW
         x = state[a]
         if cr == CR_PSW:
             x &= 3
@@ -480,17 +491,18 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                 tc = what
                 ti = w - (RW_TWIN << 24)
             continue
-        if op == 0x40 or op == 0x41:  # syscall, brk
-            if w & 0xFF0000:
+        if op == OP_SYSCALL or op == OP_BRK:
+            if w & MUST_BE_ZERO[op]:
                 tc = ILLEGAL
                 ti = w
             else:
-                tc = SYSCALL if op == 0x40 else BREAK
+                tc = SYSCALL if op == OP_SYSCALL else BREAK
                 ti = w & 0xFFFF
             continue
-        if op == 0x42:  # hcall
+        if op == OP_HCALL:
+            stray = (w & MUST_BE_ZERO[op]) != 0
             n = w & 0xFFFF  # paravirtual support: a hypercall the processor performs itself
-            if pv and not (w & 0xFF0000) and n < HC_FAST_LIMIT and (state[PV_FAST] >> n) & 1 and state[PV_KMODE]:
+            if pv and not stray and n < HC_FAST_LIMIT and (state[PV_FAST] >> n) & 1 and state[PV_KMODE]:
                 if n == HC_IRET:
                     npc = _pv_iret(state, mem)
                     base = state[BASE]
@@ -505,35 +517,21 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                 pc = npc & M32
                 r += 1
                 continue
-            if (w & 0xFF0000) or not (state[FLAGS] & F_HCALL_TO_HOST):
+            if stray or not (state[FLAGS] & F_HCALL_TO_HOST):
                 tc = ILLEGAL
                 ti = w
                 continue
             state[XCAUSE] = w & 0xFFFF
             _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
             return EXIT_HCALL
-        # Decode (stray bits, unknown CR), then the profile decides what it does in user mode.
-        if op == 0x4B or op == 0x4C:
-            bad = (w & 0xF0000) or (w & 0xFFFF) >= NUM_CRS
-            key = (P_MFCR if op == 0x4B else P_MTCR) + (w & 0xFFFF)
-        elif op == 0x4D or op == 0x4E:
-            bad = (w & 0xF0000) != 0
-            key = P_IN if op == 0x4D else P_OUT
-        elif op >= 0x50:
-            bad = (w & 0xFFFFF) != 0
-            key = P_GETPSW + (op - 0x50)
-        elif op >= 0x48 and op <= 0x4A:
-            bad = (w & 0xFFFFFF) != 0
-            key = P_IRET + (op - 0x48)
-        else:  # 0x43-0x47, 0x4F: no such instruction
-            bad = True
-            key = 0
-        if bad:
+        # Decode (unknown opcode, stray bits, unknown CR), then the profile decides what it does in user mode.
+        slot = _profile_slot(w)
+        if slot < 0:
             tc = ILLEGAL
             ti = w
             continue
         if not (state[PSW] & 1):
-            behaviour = state[key]
+            behaviour = state[slot]
             if behaviour == IGNORE:  # retires with no other effect
                 pc = npc & M32
                 r += 1
@@ -542,7 +540,7 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                 tc = PRIV
                 ti = w
                 continue
-        if op == 0x4B:  # mfcr
+        if op == OP_MFCR:
             cr = w & 0xFFFF
             if cr == CR_CYCLE:
                 v = (cyc0 + skip + r) & M32
@@ -552,7 +550,7 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                 v = state[CR0 + cr] & M32
             if a:
                 state[a] = v
-        elif op == 0x4C:  # mtcr
+        elif op == OP_MTCR:
             cr = w & 0xFFFF
             x = state[a]
             if cr == CR_TIMER:  # not ticked by its own retirement; clears a pending timer interrupt
@@ -566,20 +564,20 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                 if cr == CR_BASE or cr == CR_BOUND:
                     base = state[BASE] & M32
                     lim = min(state[BOUND] & M32, memsize - base)
-        elif op == 0x48:  # iret
+        elif op == OP_IRET:
             npc = state[EPC] & M32
             state[PSW] = state[EPSW] & 3
             state[BASE] = state[EBASE]
             state[BOUND] = state[EBOUND]
             base = state[BASE] & M32
             lim = min(state[BOUND] & M32, memsize - base)
-        elif op == 0x49:  # halt: retires, then leaves
+        elif op == OP_HALT:  # retires, then leaves
             state[STATUS] = state[1] & 0xFF
             if pv and tact and r + 1 == tdead:  # paravirtual support: its retirement expires the timer
                 _pv_expired(state, mem)
             _leave(state, npc & M32, r + 1, r_mark, traps, skip, cyc0, tact, tdead)
             return EXIT_HALT
-        elif op == 0x4A:  # wfi
+        elif op == OP_WFI:
             if state[PENDING] == 0:
                 if not tact or (state[FLAGS] & F_TRAPS_TO_HOST):
                     _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
@@ -589,17 +587,17 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                 state[PENDING] |= 1
                 if pv:  # paravirtual support
                     _pv_expired(state, mem)
-        elif op == 0x4D or op == 0x4E:  # in, out: the host performs them and retires them
+        elif op == OP_IN or op == OP_OUT:  # the host performs them and retires them
             state[IO_PORT] = w & 0xFFFF
-            state[IO_WRITE] = op - 0x4D
-            state[IO_VALUE] = state[a] if op == 0x4E else 0
-            state[IO_REG] = a if op == 0x4D else 0
+            state[IO_WRITE] = 1 if op == OP_OUT else 0
+            state[IO_VALUE] = state[a] if op == OP_OUT else 0
+            state[IO_REG] = a if op == OP_IN else 0
             _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
             return EXIT_IO
-        elif op == 0x50:  # getpsw
+        elif op == OP_GETPSW:
             if a:
                 state[a] = state[PSW] & M32
-        elif op == 0x51:  # setpsw
+        elif op == OP_SETPSW:
             state[PSW] = state[a] & 3
         else:  # getbase
             if a:
@@ -608,7 +606,8 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
         r += 1
 
 
-_drop_stale_cache(_COMPILED, (threaded, spec, S))
+DEPENDENCIES = (threaded, spec, S, gen_tables)  # the modules whose code or constants are compiled in here
+_drop_stale_cache(_COMPILED, DEPENDENCIES)
 
 
 def warmup() -> float:

@@ -9,8 +9,8 @@ the next word and an ``indirectbr`` through a table of block addresses.  LLVM ne
 takes a block's address, so the loop keeps a function of its own, and its few live values (pc, r, the
 window) stay in machine registers.
 
-Semantics are those of ``popek/cores/reference.py`` for every instruction but the system ones (opcodes
-0x40-0x52), on which the loop returns to the caller.  The contract, for ``popek/cores/jit.py``:
+Semantics are those of ``popek/cores/reference.py`` for every instruction but the system ones (class
+``spec.SYSTEM``), on which the loop returns to the caller.  The contract, for ``popek/cores/jit.py``:
 ``fast(state, mem, pc, r, stop, lim, base, fbase, rwd) -> (pc, r, cause, info, word)`` runs from ``pc``
 while ``r`` (instructions retired) is below ``stop``; an access of n bytes at a virtual address va is
 allowed iff va + n <= ``lim`` and reaches ``mem[base + va]``; words are fetched at ``fbase + pc``.  It
@@ -39,9 +39,9 @@ from popek.isa import spec
 from popek.isa import state as S
 
 I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-SYSTEM_OPCODES = range(0x40, 0x53)  # handled by the caller, outside the loop
-SYSTEM_MARK = 0x40  # a returned cause at or above it is the opcode of a system instruction, not a trap's
-assert SYSTEM_MARK > max(spec.CAUSE_NAMES) and min(SYSTEM_OPCODES) >= SYSTEM_MARK
+SYSTEM_OPCODES = [insn.opcode for insn in spec.INSNS if insn.klass == spec.SYSTEM]  # run by the caller
+SYSTEM_MARK = min(SYSTEM_OPCODES)  # a returned cause at or above it is a system instruction's opcode, not a trap's
+assert SYSTEM_MARK > max(spec.CAUSE_NAMES)
 _BIG_ENDIAN = sys.byteorder == "big"  # P32 is little-endian: swap bytes on a big-endian host
 RW_MARK = S.RW_OP_XLATE << 24  # the word a store leaves over the shadow of what it wrote
 
@@ -88,10 +88,6 @@ def _c32(v: int) -> ir.Constant:
 
 def _c64(v: int) -> ir.Constant:
     return ir.Constant(I64, v)
-
-
-def _opcode(mnemonic: str) -> int:
-    return spec.BY_MNEMONIC[mnemonic].opcode
 
 
 class _Loop:
@@ -188,11 +184,16 @@ class _Loop:
             self.b.branch(then)
 
     def handler(self, mnemonic: str) -> tuple[ir.Value, ir.Value]:
-        """Open the block of ``mnemonic``; returns (the word, pc)."""
+        """Open the block of ``mnemonic`` and check its must-be-zero bits; returns (the word, pc)."""
+        insn = spec.BY_MNEMONIC[mnemonic]
         block = self.fn.append_basic_block(mnemonic)
-        self.handlers[_opcode(mnemonic)] = block
+        self.handlers[insn.opcode] = block
         self.b.position_at_end(block)
-        return self.b.load(self.v_w), self.b.load(self.v_pc)
+        w, pc = self.b.load(self.v_w), self.b.load(self.v_pc)
+        mask = spec.MUST_BE_ZERO.get(insn.operands, 0)
+        if mask:
+            self.check_stray(w, mask)
+        return w, pc
 
     def check_stray(self, w: ir.Value, mask: int) -> None:
         """ILLEGAL when a field the instruction does not use is not zero (ISA §3)."""
@@ -230,7 +231,6 @@ class _Loop:
 
         for name, op in _ALU.items():
             w, pc = self.handler(name)
-            self.check_stray(w, 0xFFF)
             self.set_reg(self.field(w, 20), op(b, self.reg(self.field(w, 16)), self.reg(self.field(w, 12))))
             self.retire(b.add(pc, _c32(4)))
         for name, (alu, mask) in _ALU_IMM.items():
@@ -241,7 +241,6 @@ class _Loop:
         self._divide()
 
         w, pc = self.handler("lui")
-        self.check_stray(w, 0xF0000)
         self.set_reg(self.field(w, 20), b.shl(w, _c32(16)))
         self.retire(b.add(pc, _c32(4)))
 
@@ -324,7 +323,6 @@ class _Loop:
         b = self.b
         for name in ("div", "divu", "rem", "remu"):
             w, pc = self.handler(name)
-            self.check_stray(w, 0xFFF)
             x, y = self.reg(self.field(w, 16)), self.reg(self.field(w, 12))
             self.trap_if(b.icmp_unsigned("==", y, _c32(0)), spec.DIVZERO, lambda: _c64(0))
             if name == "divu":
