@@ -1,4 +1,4 @@
-"""Reusable test material for the cores: a tiny label-aware encoder, fixed programs, random machines.
+"""Reusable test material for the cores: programs assembled by popek.isa.asm, random machines.
 
 Every core is held to the reference core by running the same machine (state + memory) on both and comparing
 everything after every call.  The strategies here build such machines: random instruction streams (valid
@@ -9,6 +9,7 @@ random relocation window, trap vector, timer, pending interrupts, host flags and
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,43 +18,63 @@ from hypothesis import strategies as st
 
 from popek.isa import spec
 from popek.isa import state as S
+from popek.isa.asm import assemble
 from popek.isa.spec import BY_MNEMONIC, CR_NUMBER, INSNS, encode
 
 M32 = 0xFFFFFFFF
 CoreRun = Callable[[np.ndarray, np.ndarray, int], int]
 
 
-# --- a tiny assembler for hand-written test programs ---------------------------------------------------
+# --- programs, assembled by popek.isa.asm ---------------------------------------------------------------
+
+
+def asm(source: str, **defines: int) -> bytes:
+    """Assemble ``source`` (indented freely) with popek.isa.asm; the image starts at address 0."""
+    return assemble(textwrap.dedent(source), defines=defines).image
 
 
 class Prog:
-    """Build a program word by word: ``p.addi(1, 0, 5)``, ``p.label("top")``, ``p.bne(1, 0, "top")``.
+    """Build a program as assembly text, call by call: ``p.addi(1, 0, imm=5)``, ``p.label("top")``,
+    ``p.bne(1, 0, imm="top")``; ``image()`` assembles it with popek.isa.asm.
 
-    Operands are the encoding fields a, b, c and imm (or a label for branches, ``jal`` and ``la``); the
-    image starts at ``origin``.
+    Operands are the encoding fields a, b, c (register operands take them in the order the syntax writes them)
+    and imm: a label, or a number (a word offset for branches and ``jal``). Every instruction is one word and
+    ``li`` two, so ``here`` is known as the program grows. The image starts at ``origin``.
     """
 
     def __init__(self, origin: int = 0) -> None:
         self.origin = origin
-        self.words: list[int | tuple] = []
-        self.labels: dict[str, int] = {}
+        self.lines: list[str] = []
+        self.words = 0
 
     @property
     def here(self) -> int:
         """The address of the next word."""
-        return self.origin + 4 * len(self.words)
+        return self.origin + 4 * self.words
 
     def label(self, name: str) -> None:
         """Define ``name`` as the address of the next word."""
-        self.labels[name] = self.here
+        self.lines.append(f"{name}:")
 
     def word(self, value: int) -> None:
         """Emit a raw 32-bit word."""
-        self.words.append(value & M32)
+        self.lines.append(f".word {value & M32:#x}")
+        self.words += 1
 
     def emit(self, mnemonic: str, a: int = 0, b: int = 0, c: int = 0, imm: int | str = 0) -> None:
         """Emit one instruction; a string ``imm`` is a label (a word offset for branches and jal)."""
-        self.words.append((mnemonic, a, b, c, imm, self.here))
+        regs, ops = iter((a, b, c)), []
+        for name in filter(None, BY_MNEMONIC[mnemonic].operands.split(",")):
+            if name in ("rd", "rs", "rs1", "rs2"):
+                ops.append(f"r{next(regs)}")
+            elif name == "mem":
+                ops.append(f"{imm}(r{next(regs)})")
+            elif name in ("br", "j") and not isinstance(imm, str):
+                ops.append(f". + {4 * imm}")
+            else:
+                ops.append(str(imm))
+        self.lines.append(f"{mnemonic} {', '.join(ops)}")
+        self.words += 1
 
     def li(self, rd: int, value: int) -> None:
         """Load a 32-bit constant with lui + ori."""
@@ -66,19 +87,8 @@ class Prog:
         return lambda *args, **kw: self.emit(mnemonic, *args, **kw)
 
     def image(self) -> bytes:
-        """The encoded program as little-endian bytes."""
-        out = []
-        for w in self.words:
-            if isinstance(w, int):
-                out.append(w)
-                continue
-            mnemonic, a, b, c, imm, at = w
-            insn = BY_MNEMONIC[mnemonic]
-            if isinstance(imm, str):
-                target = self.labels[imm]
-                imm = (target - at) // 4 if insn.klass == spec.BRANCH and mnemonic != "jalr" else target
-            out.append(encode(insn, a, b, c, imm))
-        return b"".join(x.to_bytes(4, "little") for x in out)
+        """The assembled program as little-endian bytes, from ``origin`` on."""
+        return assemble("\n".join([f".org {self.origin}", *self.lines])).image[self.origin :]
 
 
 def sieve_program(n: int = 65536, reps: int = 1, flags: int = 0x10000) -> bytes:
@@ -87,47 +97,45 @@ def sieve_program(n: int = 65536, reps: int = 1, flags: int = 0x10000) -> bytes:
     It halts with ``r9`` = number of primes below ``n`` plus 2 (0 and 1 stay marked) and ``r1`` = its low
     byte (the exit status).  Memory must hold ``flags + n`` bytes.
     """
-    p = Prog()
-    p.li(10, reps)
-    p.label("outer")
-    p.li(2, flags)
-    p.li(4, n)
-    p.addi(3, 0, imm=0)
-    p.addi(5, 0, imm=1)
-    p.label("init")
-    p.add(6, 2, 3)
-    p.stb(5, 6, imm=0)
-    p.addi(3, 3, imm=1)
-    p.blt(3, 4, imm="init")
-    p.addi(3, 0, imm=2)
-    p.label("loop_i")
-    p.mul(7, 3, 3)
-    p.bge(7, 4, imm="done_i")
-    p.add(6, 2, 3)
-    p.ldbu(8, 6, imm=0)
-    p.beq(8, 0, imm="next_i")
-    p.label("loop_j")
-    p.add(6, 2, 7)
-    p.stb(0, 6, imm=0)
-    p.add(7, 7, 3)
-    p.blt(7, 4, imm="loop_j")
-    p.label("next_i")
-    p.addi(3, 3, imm=1)
-    p.jal(0, imm="loop_i")
-    p.label("done_i")
-    p.addi(3, 0, imm=0)
-    p.addi(9, 0, imm=0)
-    p.label("count")
-    p.add(6, 2, 3)
-    p.ldbu(8, 6, imm=0)
-    p.add(9, 9, 8)
-    p.addi(3, 3, imm=1)
-    p.blt(3, 4, imm="count")
-    p.addi(10, 10, imm=-1)
-    p.bne(10, 0, imm="outer")
-    p.andi(1, 9, imm=0xFF)
-    p.halt()
-    return p.image()
+    return asm(
+        """
+                li      r10, REPS
+        outer:  li      r2, FLAGS
+                li      r4, N
+                addi    r3, r0, 0
+                addi    r5, r0, 1
+        init:   add     r6, r2, r3          # flags[i] = 1 for every i
+                stb     r5, 0(r6)
+                addi    r3, r3, 1
+                blt     r3, r4, init
+                addi    r3, r0, 2
+        loop_i: mul     r7, r3, r3
+                bge     r7, r4, done_i
+                add     r6, r2, r3
+                ldbu    r8, 0(r6)
+                beq     r8, r0, next_i
+        loop_j: add     r6, r2, r7          # clear every multiple of i from i * i on
+                stb     r0, 0(r6)
+                add     r7, r7, r3
+                blt     r7, r4, loop_j
+        next_i: addi    r3, r3, 1
+                jal     r0, loop_i
+        done_i: addi    r3, r0, 0
+                addi    r9, r0, 0
+        count:  add     r6, r2, r3
+                ldbu    r8, 0(r6)
+                add     r9, r9, r8
+                addi    r3, r3, 1
+                blt     r3, r4, count
+                addi    r10, r10, -1
+                bne     r10, r0, outer
+                andi    r1, r9, 0xFF
+                halt
+        """,
+        N=n,
+        REPS=reps,
+        FLAGS=flags,
+    )
 
 
 def load(mem: np.ndarray, image: bytes, addr: int = 0) -> None:
@@ -153,12 +161,6 @@ CRS = st.one_of(
     st.integers(spec.NUM_CRS, 0xFFFF),
 )
 
-# Bits that must be zero, per operand syntax (spec._MUST_BE_ZERO): setting any of them makes a word ILLEGAL.
-_UNUSED = {"rd,imm": 0x000F0000, "uimm": 0x00FF0000, "rd,cr": 0x000F0000, "cr,rs": 0x000F0000,
-           "rd,port": 0x000F0000, "port,rs": 0x000F0000, "rd": 0x000FFFFF, "rs": 0x000FFFFF, "": 0x00FFFFFF,
-           "rd,rs1,rs2": 0x00000FFF}  # fmt: skip
-
-
 _PLAIN = [i for i in INSNS if i.klass != spec.SYSTEM]
 
 
@@ -183,7 +185,7 @@ def instruction_words(draw: st.DrawFn) -> int:
     else:
         imm = draw(SMALL_IMM)
     word = encode(insn, a, b, c, imm)
-    mask = _UNUSED.get(insn.operands, 0)
+    mask = spec.MUST_BE_ZERO.get(insn.operands, 0)  # setting any of these bits makes the word ILLEGAL
     if mask:
         word &= ~mask & M32  # keep the unused fields clear ...
         if draw(st.integers(0, 15)) == 0:
@@ -198,29 +200,29 @@ def instruction_words(draw: st.DrawFn) -> int:
 # device line).  It uses r10, r11 and r13.
 def skip_handler(rearm_timer: bool = True) -> list[int]:
     """Trap handler words for random machines (see above)."""
-    p = Prog()
-    p.mfcr(13, imm=CR_NUMBER["cause"])
-    p.sltiu(10, 13, imm=16)
-    p.bne(10, 0, imm="trap")
-    p.addi(10, 0, imm=spec.TIMER_IRQ)
-    p.bne(13, 10, imm="device")
-    p.mtcr(12 if rearm_timer else 0, imm=CR_NUMBER["timer"])
-    p.iret()
-    p.label("device")
-    p.mfcr(10, imm=CR_NUMBER["epsw"])
-    p.andi(10, 10, imm=spec.PSW_S)
-    p.mtcr(10, imm=CR_NUMBER["epsw"])
-    p.iret()
-    p.label("trap")
-    p.mfcr(11, imm=CR_NUMBER["epc"])
-    p.mfcr(10, imm=CR_NUMBER["badaddr"])
-    p.bne(10, 11, imm="skip")
-    p.addi(11, 0, imm=-4)  # the fetch faulted: restart at 0
-    p.label("skip")
-    p.addi(11, 11, imm=4)
-    p.mtcr(11, imm=CR_NUMBER["epc"])
-    p.iret()
-    return words(p.image())
+    image = asm(
+        f"""
+                mfcr    r13, cause
+                sltiu   r10, r13, 16
+                bne     r10, r0, trap
+                addi    r10, r0, {spec.TIMER_IRQ}
+                bne     r13, r10, device
+                mtcr    timer, {"r12" if rearm_timer else "r0"}
+                iret
+        device: mfcr    r10, epsw
+                andi    r10, r10, {spec.PSW_S}
+                mtcr    epsw, r10
+                iret
+        trap:   mfcr    r11, epc
+                mfcr    r10, badaddr
+                bne     r10, r11, skip
+                addi    r11, r0, -4         # the fetch faulted: restart at 0
+        skip:   addi    r11, r11, 4
+                mtcr    epc, r11
+                iret
+        """
+    )
+    return words(image)
 
 
 def words(image: bytes) -> list[int]:

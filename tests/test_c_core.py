@@ -22,8 +22,8 @@ from popek.cores import reference
 from popek.cores.c.gen_tables import header_text
 from popek.isa import spec
 from popek.isa import state as S
-from popek.isa.spec import BY_MNEMONIC, encode
-from tests.strategies import BUDGETS, Machine, differential_run, load, machines, sieve_program
+from popek.isa.spec import encode
+from tests.strategies import BUDGETS, Machine, asm, differential_run, load, machines, sieve_program
 
 needs_c = pytest.mark.skipif(not c_core.available(), reason=f"C core unavailable: {c_core.unavailable_reason()}")
 
@@ -180,9 +180,8 @@ def run_all(
 
 # --- strategies ----------------------------------------------------------------------------------------------
 
-# A trap handler that skips the instruction that trapped: epc += 4; iret (r13 is its scratch register).
-SKIP_HANDLER = [("mfcr", 13, 0, 0, spec.CR_EPC), ("addi", 13, 13, 0, 4), ("mtcr", 13, 0, 0, spec.CR_EPC),
-                ("iret", 0, 0, 0, 0)]  # fmt: skip
+# A trap handler that skips the instruction that trapped (r13 is its scratch register).
+SKIP_HANDLER = asm("mfcr r13, epc\naddi r13, r13, 4\nmtcr epc, r13\niret")
 
 _INTERESTING = [0, 1, 2, 3, 4, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xFFFFFFFC, 0xFFFF, 0x8000, 31, 32]
 word32 = st.one_of(st.sampled_from(_INTERESTING), st.integers(0, M32))
@@ -249,7 +248,7 @@ def machine(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
         state[cr] = draw(st.one_of(address(memsize), word32))
     if memsize >= 64 and draw(st.integers(0, 7)):  # mostly a handler that skips what trapped, so runs go on
         state[S.IVT] = ivt = (memsize - 16) & ~3
-        mem[ivt : ivt + 16] = np.array([encode(BY_MNEMONIC[m], *f) for m, *f in SKIP_HANDLER], "<u4").view(np.uint8)
+        load(mem, SKIP_HANDLER, ivt)
     else:
         state[S.IVT] = draw(st.one_of(st.sampled_from([0, 4, 8, 16]), address(memsize)))
     if draw(st.integers(0, 3)) == 0:  # a relocation window other than all of memory
@@ -323,97 +322,82 @@ def test_long_sieve_counts_primes_and_matches_jit() -> None:
 # --- hand-written cases the random programs may rarely reach ----------------------------------------------------
 
 
-def assemble(*lines: tuple) -> np.ndarray:
-    """Encode (mnemonic, a, b, c, imm) tuples into a 1 KiB memory."""
+def program(source: str) -> np.ndarray:
+    """A 1 KiB memory holding ``source``, assembled at address 0."""
     mem = np.zeros(1024, dtype=np.uint8)
-    words = [encode(BY_MNEMONIC[m], *fields) for m, *fields in lines]
-    mem[: 4 * len(words)] = np.array(words, dtype="<u4").view(np.uint8)
+    load(mem, asm(source))
     return mem
 
 
-def addi(rd: int, rs: int, imm: int) -> tuple:
-    return ("addi", rd, rs, 0, imm)
-
-
-def lui(rd: int, imm: int) -> tuple:
-    return ("lui", rd, 0, 0, imm)
-
-
-def r3(m: str, rd: int, rs1: int, rs2: int) -> tuple:
-    return (m, rd, rs1, rs2, 0)
-
-
-HALT = ("halt", 0, 0, 0, 0)
-
 CASES = {
-    "division edge cases": [
-        lui(1, 0x8000),
-        addi(2, 0, -1),
-        r3("div", 3, 1, 2),
-        r3("rem", 4, 1, 2),
-        addi(5, 0, -7),
-        addi(6, 0, 2),
-        r3("div", 7, 5, 6),
-        r3("rem", 8, 5, 6),
-        r3("divu", 9, 5, 6),
-        r3("remu", 10, 5, 6),
-        r3("div", 11, 5, 0),
-    ],
-    "shifts and compares": [
-        addi(1, 0, -5),
-        addi(2, 0, 33),
-        r3("sar", 3, 1, 2),
-        r3("shr", 4, 1, 2),
-        r3("shl", 5, 1, 2),
-        r3("slt", 6, 1, 0),
-        r3("sltu", 7, 1, 0),
-        ("slti", 8, 1, 0, 0xFFFF),
-        ("sltiu", 9, 1, 0, 0xFFFF),
-        ("sari", 10, 1, 0, 0xFFFF),
-        ("ori", 11, 0, 0, 0xFFFF),
-        r3("mul", 12, 1, 1),
-        HALT,
-    ],
-    "memory and faults": [
-        addi(1, 0, 0x200),
-        addi(2, 0, -2),
-        ("st", 2, 1, 0, 4),
-        ("stb", 2, 1, 0, 9),
-        ("ld", 3, 1, 0, 4),
-        ("ldb", 4, 1, 0, 9),
-        ("ldbu", 5, 1, 0, 9),
-        ("ld", 6, 1, 0, 2),
-        ("ld", 7, 1, 0, 0x7FFC),
-        HALT,
-    ],
-    "timer, wfi and interrupts": [
-        addi(1, 0, 5),
-        ("mtcr", 1, 0, 0, spec.CR_TIMER),
-        ("mfcr", 2, 0, 0, spec.CR_TIMER),
-        ("wfi", 0, 0, 0, 0),
-        ("mfcr", 3, 0, 0, spec.CR_CYCLE),
-        addi(4, 0, 3),
-        ("mtcr", 4, 0, 0, spec.CR_PSW),
-        addi(0, 0, 0),
-        HALT,
-    ],
-    "user mode and iret": [
-        addi(1, 0, 0x100),
-        ("mtcr", 1, 0, 0, spec.CR_EBASE),
-        addi(1, 0, 0x100),
-        ("mtcr", 1, 0, 0, spec.CR_EBOUND),
-        addi(1, 0, 0),
-        ("mtcr", 1, 0, 0, spec.CR_EPSW),
-        ("mtcr", 0, 0, 0, spec.CR_EPC),
-        ("iret", 0, 0, 0, 0),
-    ],
-    "io and hcall": [
-        addi(1, 0, 0x48),
-        ("out", 1, 0, 0, 0),
-        ("in", 2, 0, 0, 0),
-        ("hcall", 0, 0, 0, 7),
-        ("syscall", 0, 0, 0, 3),
-    ],
+    "division edge cases": """
+        lui     r1, 0x8000
+        addi    r2, r0, -1
+        div     r3, r1, r2
+        rem     r4, r1, r2
+        addi    r5, r0, -7
+        addi    r6, r0, 2
+        div     r7, r5, r6
+        rem     r8, r5, r6
+        divu    r9, r5, r6
+        remu    r10, r5, r6
+        div     r11, r5, r0
+    """,
+    "shifts and compares": """
+        addi    r1, r0, -5
+        addi    r2, r0, 33
+        sar     r3, r1, r2
+        shr     r4, r1, r2
+        shl     r5, r1, r2
+        slt     r6, r1, r0
+        sltu    r7, r1, r0
+        slti    r8, r1, 0xFFFF
+        sltiu   r9, r1, 0xFFFF
+        sari    r10, r1, 0xFFFF
+        ori     r11, r0, 0xFFFF
+        mul     r12, r1, r1
+        halt
+    """,
+    "memory and faults": """
+        addi    r1, r0, 0x200
+        addi    r2, r0, -2
+        st      r2, 4(r1)
+        stb     r2, 9(r1)
+        ld      r3, 4(r1)
+        ldb     r4, 9(r1)
+        ldbu    r5, 9(r1)
+        ld      r6, 2(r1)
+        ld      r7, 0x7FFC(r1)
+        halt
+    """,
+    "timer, wfi and interrupts": """
+        addi    r1, r0, 5
+        mtcr    timer, r1
+        mfcr    r2, timer
+        wfi
+        mfcr    r3, cycle
+        addi    r4, r0, 3
+        mtcr    psw, r4
+        addi    r0, r0, 0
+        halt
+    """,
+    "user mode and iret": """
+        addi    r1, r0, 0x100
+        mtcr    ebase, r1
+        addi    r1, r0, 0x100
+        mtcr    ebound, r1
+        addi    r1, r0, 0
+        mtcr    epsw, r1
+        mtcr    epc, r0
+        iret
+    """,
+    "io and hcall": """
+        addi    r1, r0, 0x48
+        out     0, r1
+        in      r2, 0
+        hcall   7
+        syscall 3
+    """,
 }
 
 
@@ -428,9 +412,9 @@ def test_hand_written_cases_agree(name: str, profile: str, flags: int) -> None:
         prof = np.full(len(spec.PROFILE_KEYS), spec.EXECUTE if profile == "all-execute" else spec.IGNORE)
     else:
         prof = load_profile(profile).array()
-    mem = assemble(*CASES[name])
+    mem = program(CASES[name])
     mem[0x100:0x140] = mem[0:0x40]  # the user-mode copy that "user mode and iret" jumps into
-    mem[0x300:0x310] = assemble(*SKIP_HANDLER)[:0x10]
+    load(mem, SKIP_HANDLER, 0x300)
     state = S.new_state(len(mem), prof)
     state[S.FLAGS] = flags
     state[S.IVT] = 0x300
@@ -439,7 +423,7 @@ def test_hand_written_cases_agree(name: str, profile: str, flags: int) -> None:
 
 @needs_c
 def test_wfi_skips_ahead_exactly() -> None:
-    mem = assemble(addi(1, 0, 50), ("mtcr", 1, 0, 0, spec.CR_TIMER), ("wfi", 0, 0, 0, 0), HALT)
+    mem = program("addi r1, r0, 50\nmtcr timer, r1\nwfi\nhalt")
     state = S.new_state(len(mem))
     assert c_core.run(state, mem, 100) == S.EXIT_HALT
     assert state[S.CYCLE] == 2 + 51 + 1 and state[S.STEPS] == 4 and state[S.PENDING] == S.PEND_TIMER
@@ -447,7 +431,7 @@ def test_wfi_skips_ahead_exactly() -> None:
 
 @needs_c
 def test_endless_wfi_exits_idle() -> None:
-    mem = assemble(("wfi", 0, 0, 0, 0))
+    mem = program("wfi")
     state = S.new_state(len(mem))
     assert c_core.run(state, mem, 100) == S.EXIT_IDLE and state[S.PC] == 0 and state[S.STEPS] == 0
 
@@ -469,7 +453,7 @@ def test_run_rejects_wrong_buffers() -> None:
 
 @needs_c
 def test_run_writes_in_place_without_copies() -> None:
-    mem = assemble(addi(1, 0, 7), ("stb", 1, 0, 0, 0x80), HALT)
+    mem = program("addi r1, r0, 7\nstb r1, 0x80(r0)\nhalt")
     state = S.new_state(len(mem))
     assert c_core.run(state, mem, 10) == S.EXIT_HALT
     assert state[1] == 7 and mem[0x80] == 7 and state[S.STATUS] == 7

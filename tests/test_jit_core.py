@@ -19,11 +19,10 @@ from popek.cores import jit, reference
 from popek.cores.c import gen_tables
 from popek.isa import spec
 from popek.isa import state as S
-from popek.isa.spec import CR_NUMBER
 from tests.strategies import (
     BUDGETS,
     Machine,
-    Prog,
+    asm,
     assert_same,
     differential_run,
     host_action,
@@ -119,81 +118,89 @@ def test_sieve_counts_primes() -> None:
 
 def test_self_modifying_code() -> None:
     """A store over an instruction that already ran; looping back executes the new instruction."""
-    p = Prog()
-    p.addi(2, 0, imm=2)  # two passes
-    p.label("top")
-    p.label("patched")
-    p.addi(1, 1, imm=1)  # pass 1: r1 += 1; then overwritten by "addi r1, r1, 100"
-    p.li(3, spec.encode(spec.BY_MNEMONIC["addi"], 1, 1, 0, 100))
-    p.st(3, 0, imm="patched")
-    p.addi(2, 2, imm=-1)
-    p.bne(2, 0, imm="top")
-    p.halt()
-    m = _machine(p.image())
+    patch = int.from_bytes(asm("addi r1, r1, 100"), "little")
+    image = asm(
+        f"""
+                addi    r2, r0, 2       # two passes
+        top:
+        patched:
+                addi    r1, r1, 1       # pass 1: r1 += 1; then overwritten by "addi r1, r1, 100"
+                li      r3, {patch:#x}
+                st      r3, patched(r0)
+                addi    r2, r2, -1
+                bne     r2, r0, top
+                halt
+        """
+    )
+    m = _machine(image)
     assert _both(m, [1000]) == [S.EXIT_HALT]
     ref = m.copy()
     reference.run(ref.state, ref.mem, 1000)
     assert ref.state[1] == 101
     # The same with a relocated, unaligned window and the patch in the middle of a budget slice.
-    m2 = _machine(bytes(3) + p.image(), base=3, bound=len(p.image()))
+    m2 = _machine(bytes(3) + image, base=3, bound=len(image))
     differential_run(m2, [3, 1, 2, 1000], [0], jit.run, reference.run)
 
 
 def test_byte_store_into_the_next_instruction() -> None:
     """stb changing the opcode byte of the very next instruction."""
-    p = Prog()
-    p.addi(4, 0, imm=spec.BY_MNEMONIC["halt"].opcode)
-    p.stb(4, 0, imm=4 * 3 + 3)
-    p.addi(1, 0, imm=7)
-    p.addi(1, 0, imm=9)  # becomes halt with stray bits in the low 24: ILLEGAL
-    p.halt()
-    m = _machine(p.image(), ivt=4 * 4)
+    image = asm(
+        """
+                addi    r4, r0, HALT
+                stb     r4, 4 * 3 + 3(r0)   # the opcode byte of the next instruction but one
+                addi    r1, r0, 7
+                addi    r1, r0, 9           # becomes halt with stray bits in the low 24: ILLEGAL
+                halt
+        """,
+        HALT=spec.BY_MNEMONIC["halt"].opcode,
+    )
+    m = _machine(image, ivt=4 * 4)
     _both(m, [100])
 
 
 def _timer_program(period: int, reload: int, spins: int, ie: int, user: bool) -> bytes:
     """A periodic timer and its interrupt handler, a loop reading cycle and timer, then wfi until idle."""
-    p = Prog()
-    p.jal(0, imm="main")
-    p.label("handler")  # count interrupts in r5, re-arm the timer with r6, return
-    p.addi(5, 5, imm=1)
-    p.mfcr(4, imm=CR_NUMBER["timer"])
-    p.mtcr(6, imm=CR_NUMBER["timer"])
-    p.iret()
-    p.label("main")
-    p.addi(7, 0, imm=4)  # ivt = handler
-    p.mtcr(7, imm=CR_NUMBER["ivt"])
-    p.addi(6, 0, imm=period)
-    p.mtcr(6, imm=CR_NUMBER["timer"])
-    p.addi(6, 0, imm=reload)
-    if user:  # drop to user mode (the profile lets it read cycle and timer) at "work"
-        p.li(8, 0)
-        p.mtcr(8, imm=CR_NUMBER["ebase"])
-        p.li(8, 0x1000)
-        p.mtcr(8, imm=CR_NUMBER["ebound"])
-        p.li(8, ie)
-        p.mtcr(8, imm=CR_NUMBER["epsw"])
-        p.addi(9, 0, imm="work")
-        p.mtcr(9, imm=CR_NUMBER["epc"])
-        p.iret()
-    else:
-        p.addi(8, 0, imm=spec.PSW_S | ie)
-        p.mtcr(8, imm=CR_NUMBER["psw"])
-    p.label("work")
-    p.addi(9, 0, imm=spins)
-    p.label("spin")
-    p.mfcr(10, imm=CR_NUMBER["cycle"])
-    p.mfcr(11, imm=CR_NUMBER["timer"])
-    p.addi(9, 9, imm=-1)
-    p.bge(9, 0, imm="spin")
-    p.wfi()
-    p.wfi()
-    p.mfcr(12, imm=CR_NUMBER["cycle"])
-    p.addi(6, 0, imm=0)  # the next interrupt stops the timer
-    p.wfi()
-    p.wfi()  # nothing can end this one unless interrupts are off: EXIT_IDLE
-    p.halt()
-    return p.image()
+    source = """
+                jal     r0, main
+        handler:                            # count interrupts in r5, re-arm the timer with r6, return
+                addi    r5, r5, 1
+                mfcr    r4, timer
+                mtcr    timer, r6
+                iret
+        main:   addi    r7, r0, handler
+                mtcr    ivt, r7
+                addi    r6, r0, PERIOD
+                mtcr    timer, r6
+                addi    r6, r0, RELOAD
+        # with USER, drop to user mode (the profile lets it read cycle and timer) at "work"
+        .if USER
+                li      r8, 0
+                mtcr    ebase, r8
+                li      r8, 0x1000
+                mtcr    ebound, r8
+                li      r8, IE
+                mtcr    epsw, r8
+                addi    r9, r0, work
+                mtcr    epc, r9
+                iret
+        .else
+                addi    r8, r0, PSW_S | IE
+                mtcr    psw, r8
+        .endif
+        work:   addi    r9, r0, SPINS
+        spin:   mfcr    r10, cycle
+                mfcr    r11, timer
+                addi    r9, r9, -1
+                bge     r9, r0, spin
+                wfi
+                wfi
+                mfcr    r12, cycle
+                addi    r6, r0, 0           # the next interrupt stops the timer
+                wfi
+                wfi                         # nothing can end this one unless interrupts are off: EXIT_IDLE
+                halt
+    """
+    return asm(source, PERIOD=period, RELOAD=reload, SPINS=spins, IE=ie, USER=int(user), PSW_S=spec.PSW_S)
 
 
 def test_timer_interrupts_and_wfi() -> None:
@@ -222,30 +229,30 @@ def test_random_timer_programs(
 
 
 def test_wfi_with_traps_to_host_and_pending_device() -> None:
-    p = Prog()
-    p.wfi()
-    p.wfi()
-    p.halt()
+    image = asm("wfi\nwfi\nhalt")
     for flags, pending, timer in [(1, 0, 5), (0, 2, 0), (0, 0, 9), (1, 2, 0), (0, 0, 0), (2, 1, 3)]:
-        m = _machine(p.image(), flags=flags, pending=pending, timer=timer, psw=1, devnum=77)
+        m = _machine(image, flags=flags, pending=pending, timer=timer, psw=1, devnum=77)
         _both(m, [1, 1, 1, 5, 5])
 
 
 @pytest.mark.parametrize("flags", [0, S.F_TRAPS_TO_HOST, S.F_HCALL_TO_HOST, 3])
 def test_traps_host_flags_and_io(flags: int) -> None:
-    p = Prog()
-    p.addi(1, 0, imm=65)
-    p.out(1, imm=0)
-    p.emit("in", 2, imm=0)
-    p.hcall(imm=42)
-    p.syscall(imm=7)
-    p.brk(imm=9)
-    p.word(0)  # ILLEGAL
-    p.div(3, 1, 0)  # DIVZERO
-    p.ld(3, 1, imm=0)  # ALIGN (65)
-    p.ld(3, 0, imm=-4)  # MEM
-    p.jalr(0, 0, imm=2)  # to a misaligned address: the fetch raises ALIGN
-    m = _machine(p.image(), flags=flags, ivt=0x800)
+    image = asm(
+        """
+                addi    r1, r0, 65
+                out     0, r1
+                in      r2, 0
+                hcall   42
+                syscall 7
+                brk     9
+                .word   0               # ILLEGAL
+                div     r3, r1, r0      # DIVZERO
+                ld      r3, 0(r1)       # ALIGN (65)
+                ld      r3, -4(r0)      # MEM
+                jalr    r0, 2(r0)       # to a misaligned address: the fetch raises ALIGN
+        """
+    )
+    m = _machine(image, flags=flags, ivt=0x800)
     load(m.mem, b"".join(w.to_bytes(4, "little") for w in _skip_handler()), 0x800)
     differential_run(m, [3, 50, 50, 50, 50, 50, 50, 50, 50, 50], [5, 3, 6], jit.run, reference.run)
 
@@ -256,19 +263,8 @@ def _skip_handler() -> list[int]:
 
 def test_relocated_user_program_with_profiles() -> None:
     """User mode inside a window; every profile key set to each behaviour in turn."""
-    p = Prog()
-    for cr in range(spec.NUM_CRS):
-        p.mfcr(1, imm=cr)
-        p.mtcr(2, imm=cr)
-    for m_ in ("getpsw", "getbase"):
-        p.emit(m_, 3)
-    p.setpsw(4)
-    p.emit("in", 5, imm=1)
-    p.out(5, imm=1)
-    p.wfi()
-    p.iret()
-    p.halt()
-    image = p.image()
+    every_cr = "\n".join(f"mfcr r1, {cr}\nmtcr {cr}, r2" for cr in spec.CR_NAMES)
+    image = asm(every_cr + "\ngetpsw r3\ngetbase r3\nsetpsw r4\nin r5, 1\nout 1, r5\nwfi\niret\nhalt")
     for behaviour in (spec.TRAP, spec.EXECUTE, spec.IGNORE):
         m = _machine(bytes(0x100) + image, memsize=0x100 + len(image) + 64, base=0x100, bound=len(image), psw=0,
                      ivt=0x40, timer=50, ebase=0x100, ebound=len(image))  # fmt: skip
@@ -284,15 +280,18 @@ def test_budget_zero_and_negative() -> None:
 
 
 def test_r0_stays_zero() -> None:
-    p = Prog()
-    p.addi(0, 0, imm=5)
-    p.lui(0, imm=1)
-    p.jal(0, imm=1)
-    p.ldbu(0, 0, imm=0)
-    p.mfcr(0, imm=CR_NUMBER["cycle"])
-    p.add(1, 0, 0)
-    p.halt()
-    m = _machine(p.image())
+    image = asm(
+        """
+                addi    r0, r0, 5
+                lui     r0, 1
+                jal     r0, next
+        next:   ldbu    r0, 0(r0)
+                mfcr    r0, cycle
+                add     r1, r0, r0
+                halt
+        """
+    )
+    m = _machine(image)
     _both(m, [100])
 
 
