@@ -146,6 +146,9 @@ panic:
     call kputdec
     li r2, '\n'
     call kputc
+.ifdef SERVER
+    call server_panic_hint
+.endif
     li r1, 255
     HAL_HALT
 

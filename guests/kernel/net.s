@@ -45,6 +45,8 @@
 
 # --- boot --------------------------------------------------------------------------------------------------
 server_boot:                        # load the service program into each task's region, start the card, run
+    li r4, 1
+    STV r4, booting, r5
     la r10, tasks
     la r11, task_table
     li r12, REGION0
@@ -69,9 +71,17 @@ server_boot:                        # load the service program into each task's 
     addi r11, r11, 8
     la r5, tasks_end
     bltu r10, r5, 1b
+    STV zero, booting, r5
     call net_init
     la r13, tasks
     j switch_to
+
+server_panic_hint:                  # a fault while the boot loads the tasks: the memory is too small for them
+    LDV r4, booting
+    beqz r4, 1f
+    la r2, s_nomem
+    j kputs
+1:  ret
 
 task_table:                         # region size, role
 .ifdef CONCURRENT
@@ -946,6 +956,7 @@ kstrcpy:                            # copy the string r4 (without its NUL) to r2
 
 # --- data ---------------------------------------------------------------------------------------------------
 s_nonic:            .asciz "[kernel] the network card did not start\n"
+s_nomem:            .asciz "[kernel] the tasks' regions do not fit in memory: run with --mem 4M\n"
 s_status:           .ascii "status"
 s_cancel:           .ascii "cancel "
 s_ok:               .asciz "OK"
@@ -987,6 +998,7 @@ names:              .ascii "names"          # the kernel's own entry; the tasks 
                     .space NAME_SIZE * (NAME_MAX - 1)
 names_end:
 next_dynamic:       .word DYNAMIC_PORT0
+booting:            .word 0                 # the boot is loading the tasks (a fault then: too little memory)
 idle_armed:         .word 0
 rx_big:             .word 0                 # the receive ring's big buffer: free, wanted or posted
 urx_big:            .word 0                 # the urgent ring's big buffer is posted
