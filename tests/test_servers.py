@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from popek.cores import CoreUnavailable, get_core
-from popek.isa.asm import Program, assemble_file
+from popek.isa.asm import Program, assemble, assemble_file
 from popek.isa.spec import decode
 from popek.vmm.host import GuestSpec, Host
 from popek.vmm.monitors import paravirt as pv
@@ -377,6 +377,41 @@ def test_hal_pv_net_interface_agrees_with_the_monitor() -> None:
         pv.SH_NET_EVENTS, pv.HC_NET_SETUP, pv.HC_NET_NOTIFY
     )  # fmt: skip
     assert pv.SH_NET_EVENTS + 4 <= pv.SH_MC  # a word the monitor's area had free
+
+
+NET_SETUP_ERRORS = """
+    .include "hal_pv.s"
+    la r1, good + 2         # a misaligned block
+    hcall HC_NET_SETUP
+    mov r10, r1
+    li r1, 0xFFFFFFF0       # a block past the end of memory
+    hcall HC_NET_SETUP
+    mov r11, r1
+    la r1, bad_rings        # rings the card refuses (misaligned, size 0)
+    hcall HC_NET_SETUP
+    mov r12, r1
+    la r1, good
+    hcall HC_NET_SETUP
+    mov r13, r1
+    hcall HC_NET_NOTIFY     # an empty transmit ring: nothing sent
+    mov r9, r1
+    li r1, 0
+    hcall HC_HALT
+    .align 16
+rings: .space 48
+good: .word rings, rings + 16, rings + 32, 1
+bad_rings: .word rings + 4, rings, rings, 0
+"""
+
+
+def test_pv_net_setup_refuses_bad_blocks_and_rings_with_errors() -> None:
+    program = assemble(NET_SETUP_ERRORS, include_dirs=[str(SERVER.parent.parent / "kernel")])
+    host = Host([GuestSpec("g", program.image, "pv", "classic", 1 << 16)], "jit")
+    result = host.run(10_000)[0]
+    assert result.halted, result.message
+    minus = lambda e: -e & 0xFFFFFFFF  # noqa: E731
+    assert result.regs[10:14] == [minus(pv.EFAULT), minus(pv.EFAULT), minus(pv.EINVAL), 0] and result.regs[9] == 0
+    assert host.vms[0].nic.enabled and host.replies(0) == []
 
 
 def test_pv_replies_are_batched_and_events_cost_no_exit() -> None:

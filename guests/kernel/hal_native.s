@@ -75,8 +75,10 @@
 .equ NIC_STATUS,    0x17
 .equ NIC_EV_TX,     2
 .equ NIC_EV_ALL,    15
-.macro HAL_NET_SETUP reg, res       # start the card on the rings of the block at reg {rx, tx, urx, size}, its
-    ld \res, 0(\reg)                # interrupt on; res <- 0 when it runs
+# start the card on the rings named by the block at reg {rx, tx, urx, size}, its interrupt on; res <- 0 when
+# it runs (clobbers res)
+.macro HAL_NET_SETUP reg, res
+    ld \res, 0(\reg)
     out NIC_RX, \res
     ld \res, 4(\reg)
     out NIC_TX, \res
