@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from popek.cores import CoreRun, reference
+from popek.cores import CoreRun, emulator
 from popek.isa import state as S
 from popek.isa.devices import Console, Nic, PortBus
 from popek.isa.profiles import Profile, load_profile
 from popek.isa.spec import PSW_IE, PSW_S
+
+CONSOLE_BUFFER = 4096  # console bytes one emulator call may write before it stops for the host to take them
 
 
 @dataclass
@@ -61,7 +63,7 @@ class VM:
         self.console = Console(console_input)
         self.nic = Nic(self.mem, self.device_interrupt)
         self.bus = PortBus(self.console, self.nic)
-        self.vcpu = reference.Cpu(self.vstate, self.mem)  # for instructions the monitor emulates
+        self.console_out = np.zeros(CONSOLE_BUFFER, dtype=np.uint8)  # console bytes of one emulator call
         self.stats = VMStats()
         self.host_io: list[tuple[int, bool, int]] = []  # untrapped port I/O that reached the host's devices
         self.halted = False
@@ -125,8 +127,7 @@ class VM:
         start = int(v[S.STEPS])
         done = 0
         while not self.stopped and done < budget and not (until_user and not self.supervisor):
-            code = reference.run(v, self.mem, budget - done, until_user)
-            self.device_exit(code)
+            self.interpret(budget - done, until_user)
             done = int(v[S.STEPS]) - start
         self.stats.emulated += done
         return done
@@ -134,10 +135,17 @@ class VM:
     def emulate_one(self) -> int:
         """Emulate one step of the guest (an instruction, or a pending interrupt); return the steps it took."""
         before = int(self.vstate[S.STEPS])
-        self.device_exit(reference.step(self.vcpu))
+        self.interpret(1)
         steps = int(self.vstate[S.STEPS]) - before  # 0 when it stopped the guest (an endless wfi)
         self.stats.emulated += steps
         return steps
+
+    def interpret(self, budget: int, until_user: bool = False) -> None:
+        """One call of the compiled emulator on the virtual CPU, then what stopped it on the virtual devices."""
+        code, n = emulator.emulate(self.vstate, self.mem, budget, until_user, self.console_out)
+        if n:  # console bytes the emulator wrote: before whatever I/O it stopped for, as they came
+            self.console.output += self.console_out[:n].tobytes()
+        self.device_exit(code)
 
     def device_exit(self, code: int | None) -> None:
         """Finish what stopped the virtual CPU: port I/O on the virtual devices, halt, or an endless wfi."""

@@ -1,6 +1,8 @@
 """Full emulation (Bochs style): every guest instruction is interpreted in software on the virtual CPU.
 
-Correct on every profile, because the guest never touches the real processor; slow for the same reason.
+The interpreter is the emulator (popek/cores/emulator.py), a compiled decode-and-dispatch loop over the VM's
+virtual CPU and memory slice that the reference core specifies. Correct on every profile, because the guest
+never touches the real processor; it pays for interpreting every instruction instead.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from popek.vmm.vm import VM, Stopwatch
 
 
 class FullEmulation(Monitor):
-    """Interprets the guest with the reference core's semantics applied to the VM's virtual state."""
+    """Interprets the guest with the emulator on the VM's virtual CPU (``VM.emulate``)."""
 
     name = "full"
     description = "interpret every guest instruction in software"

@@ -1,7 +1,8 @@
 """The hybrid monitor of Popek & Goldberg's Theorem 3: interpret virtual supervisor mode, run user mode directly.
 
 It needs only the *user-sensitive* instructions to be privileged: everything the guest kernel executes is
-interpreted in software, so sensitive instructions there cannot go unnoticed.
+interpreted in software (by the emulator, as under full emulation), so sensitive instructions there cannot go
+unnoticed.
 """
 
 from __future__ import annotations
