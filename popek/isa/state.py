@@ -1,12 +1,14 @@
 """The flat machine state shared by every core: one int64 numpy array with named slots.
 
 All 32-bit quantities are stored as unsigned values 0..2**32-1.  ``cycle`` and ``steps`` are full 64-bit
-counters (``mfcr cycle`` returns the low 32 bits).  The layout is mirrored by ``popek/cores/c/core.c``; change both.
+counters (``mfcr cycle`` returns the low 32 bits).  The C core reads this layout from a header that
+``popek/cores/c/gen_tables.py`` generates from this file at every build.
 
 Core contract: ``run(state, mem, budget) -> exit code``.  A *step* is one retired instruction or one trap or
 interrupt taken into the guest's vector; a core runs at most ``budget`` steps.  Exits that hand something to
 the host (EXIT_TRAP, EXIT_IO, EXIT_HCALL, EXIT_IDLE) leave the machine exactly before the instruction
 concerned: ``pc`` points at it and nothing has changed, so the host may emulate it and then ``retire``.
+The architectural transitions every core's Python side and every monitor use live here too.
 """
 
 from __future__ import annotations
