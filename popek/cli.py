@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from popek import guests
-from popek.cores import CORE_NAMES, CoreUnavailable
+from popek.cores import CORE_NAMES, CoreUnavailable, get_core
 from popek.isa import state as S
 from popek.isa.profiles import ProfileError, load_profile
 from popek.isa.spec import PSW_S, cause_name
@@ -204,6 +204,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.tour(core=args.core)
 
 
+# --- serve ----------------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    """popek serve: an HTTP front-end for a cluster of guest servers (docs/serve.md)."""
+    from popek.vmm import serve
+
+    config = serve.build_config(args.config, args.vms, host=args.host, port=args.port, policy=args.policy,
+                                admin_token=args.admin_token, core=args.core)  # fmt: skip
+    get_core(config.core)  # a core that is missing is reported before anything boots
+    if config.core == "jit" and args.core is None:
+        _load_jit_core()
+    return serve.serve_forever(config)
+
+
 # --- main -----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``popek``."""
@@ -258,6 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--programs", action="store_true", help="print the source of every witness")
     c.add_argument("--core", default="reference", choices=CORE_NAMES, help="core that runs the witnesses")
     c.set_defaults(fn=cmd_check)
+
+    sv = sub.add_parser("serve", help="serve HTTP from a cluster of guest servers, SERVICE=GUEST[:MONITOR[:PROFILE]]")
+    sv.add_argument(
+        "vms",
+        nargs="*",
+        metavar="SERVICE=GUEST[:MONITOR[:PROFILE]]",
+        help="the VMs (default: a cluster of six); e.g. compute=concurrent:pv kv.1=iterative:trap",
+    )
+    sv.add_argument("--port", type=int, help="TCP port (default 8023; 0 picks a free one)")
+    sv.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--policy", choices=["round-robin", "least-outstanding", "content"], help="default content")
+    sv.add_argument("--admin-token", help="token for /admin (default: generated and printed)")
+    sv.add_argument("--config", metavar="FILE.toml", help="settings and VMs from a TOML file")
+    sv.add_argument("--core", choices=CORE_NAMES, help=f"core of every VM (default {DEFAULT_CORE})")
+    sv.set_defaults(fn=cmd_serve)
 
     de = sub.add_parser("demo", help="a short tour on bundled programs")
     de.add_argument("--core", default=DEFAULT_CORE, choices=CORE_NAMES)

@@ -1,0 +1,296 @@
+"""The HTTP routes of ``popek serve`` (the contract is docs/serve.md): validation, guest replies to statuses.
+
+Every response carries ``X-Popek-VM``: the VM (or, for a replicated write, the VMs) that produced it, ``-``
+for an answer of the front-end alone. A request never waits longer than the configured timeouts, and an
+error is one line of text, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+
+from popek.vmm.serve.cluster import Cluster
+from popek.vmm.serve.config import ServeConfig
+from popek.vmm.serve.dispatch import Dispatcher, Reply, Request, ServeError, estimate_cost
+from popek.vmm.serve.names import SERVICES
+from popek.vmm.serve.replication import KvReplication
+from popek.vmm.serve.sessions import COOKIE, Sessions
+
+log = logging.getLogger("popek.serve")
+
+VM_HEADER = "X-Popek-VM"
+FRONTEND = "-"  # the X-Popek-VM of answers no VM produced
+MAX_MESSAGE = 8192  # the guest kernel's message buffers (guests/servers/README.md)
+MAX_VALUE = 4096
+MAX_KEY = 64
+MAX_PRIMES = 10_000_000
+_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+_HEX8 = re.compile(rb"^[0-9a-f]{8}$")
+
+
+@dataclass
+class Frontend:
+    """What the routes need: the cluster, the dispatcher and the stateful services over it."""
+
+    config: ServeConfig
+    cluster: Cluster
+    dispatcher: Dispatcher
+    kv: KvReplication
+    sessions: Sessions
+    admin_token: str
+
+
+FRONTEND_KEY = web.AppKey("frontend", Frontend)
+
+
+def _text(status: int, body: str | bytes, vm: str = FRONTEND, content_type: str = "text/plain") -> web.Response:
+    data = body.encode() if isinstance(body, str) else body
+    return web.Response(status=status, body=data, content_type=content_type, headers={VM_HEADER: vm})
+
+
+def _json(data: dict, vm: str = FRONTEND, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=json.dumps(data), content_type="application/json",
+                        headers={VM_HEADER: vm})  # fmt: skip
+
+
+def _guest_error(reply: Reply, what: str) -> ServeError:
+    """A reply the guest should not have given: the VM is misbehaving, not the client."""
+    shown = reply.payload[:80].decode("utf-8", "replace")
+    return ServeError(502, f"unexpected reply from the {what} service: {shown!r}", reply.vm)
+
+
+def _request_id(request: web.Request) -> str:
+    rid = request.headers.get("X-Request-Id", "")
+    if rid and not _REQUEST_ID.match(rid):
+        raise ServeError(400, "X-Request-Id must be 1-128 visible ASCII characters")
+    return rid
+
+
+async def _body(request: web.Request, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes (413), arriving within the body timeout (408)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ServeError(413, f"the body may have at most {limit} bytes")
+    try:
+        data = await asyncio.wait_for(request.read(), request.app[FRONTEND_KEY].config.body_timeout)
+    except TimeoutError:
+        raise ServeError(408, "the request body did not arrive in time") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise ServeError(413, f"the body may have at most {limit} bytes") from None
+    if len(data) > limit:
+        raise ServeError(413, f"the body may have at most {limit} bytes")
+    return data
+
+
+# --- compute ------------------------------------------------------------------------------------------------
+async def echo(request: web.Request) -> web.Response:
+    """POST /echo: the body unchanged."""
+    fe, body = request.app[FRONTEND_KEY], await _body(request, MAX_MESSAGE)
+    reply = await fe.dispatcher.call(Request("echo", body, cost=estimate_cost("echo", body),
+                                             request_id=_request_id(request)))  # fmt: skip
+    if reply.payload != body:  # echo's truth is known: anything else is the kernel's error
+        raise _guest_error(reply, "echo")
+    return _text(200, reply.payload, reply.vm, "application/octet-stream")
+
+
+async def crc32(request: web.Request) -> web.Response:
+    """POST /crc32: zlib's CRC-32 of the body, 8 lowercase hex digits."""
+    fe, body = request.app[FRONTEND_KEY], await _body(request, MAX_MESSAGE)
+    reply = await fe.dispatcher.call(Request("crc32", body, cost=estimate_cost("crc32", body),
+                                             request_id=_request_id(request)))  # fmt: skip
+    if not _HEX8.match(reply.payload):
+        raise _guest_error(reply, "crc32")
+    return _text(200, reply.payload, reply.vm)
+
+
+async def primes(request: web.Request) -> web.Response:
+    """GET /primes/<n>: the number of primes below n."""
+    fe, n = request.app[FRONTEND_KEY], request.match_info["n"]
+    if not (n.isascii() and n.isdigit() and len(n) <= 9) or int(n) > MAX_PRIMES:
+        raise ServeError(400, f"n must be a decimal integer from 0 to {MAX_PRIMES}")
+    payload = n.encode()
+    reply = await fe.dispatcher.call(Request("primes", payload, cost=estimate_cost("primes", payload),
+                                             request_id=_request_id(request)))  # fmt: skip
+    if not reply.payload.isdigit():
+        raise _guest_error(reply, "primes")
+    return _text(200, reply.payload, reply.vm)
+
+
+# --- kv -------------------------------------------------------------------------------------------------------
+def _key(request: web.Request) -> bytes:
+    """The key of /kv/<key>, percent-decoded to bytes from the raw path (so %2F and %FF survive)."""
+    raw = request.raw_path.split("?", 1)[0]
+    key = unquote_to_bytes(raw[len("/kv/") :])
+    if not 1 <= len(key) <= MAX_KEY or b"\n" in key:
+        raise ServeError(400, f"a key has 1-{MAX_KEY} bytes after URL decoding, and no newline")
+    return key
+
+
+_KV_ERRORS = {b"ERR full": (507, "the shard is full (64 keys)"), b"ERR bad key": (400, "bad key"),
+              b"ERR value too long": (413, f"a value may have at most {MAX_VALUE} bytes")}  # fmt: skip
+
+
+def _kv_refusal(reply: Reply) -> ServeError:
+    if reply.payload in _KV_ERRORS:
+        status, message = _KV_ERRORS[reply.payload]
+        return ServeError(status, message, reply.vm)
+    return _guest_error(reply, "kv")
+
+
+async def kv_get(request: web.Request) -> web.Response:
+    """GET /kv/<key>: the value, or 404."""
+    fe, key = request.app[FRONTEND_KEY], _key(request)
+    reply = await fe.kv.get(key, _request_id(request))
+    if reply.payload.startswith(b"FOUND\n"):
+        return _text(200, reply.payload[6:], reply.vm, "application/octet-stream")
+    if reply.payload == b"NOTFOUND":
+        return _text(404, "no such key", reply.vm)
+    raise _kv_refusal(reply)
+
+
+async def kv_put(request: web.Request) -> web.Response:
+    """PUT /kv/<key>: store the body (at most 4096 bytes) on every replica of the key's shard."""
+    fe, key = request.app[FRONTEND_KEY], _key(request)
+    reply = await fe.kv.put(key, await _body(request, MAX_VALUE), _request_id(request))
+    if reply.payload == b"STORED":
+        return web.Response(status=204, headers={VM_HEADER: reply.vm})
+    raise _kv_refusal(reply)
+
+
+async def kv_delete(request: web.Request) -> web.Response:
+    """DELETE /kv/<key>: 204, or 404 when there was no such key."""
+    fe, key = request.app[FRONTEND_KEY], _key(request)
+    reply = await fe.kv.delete(key, _request_id(request))
+    if reply.payload == b"DELETED":
+        return web.Response(status=204, headers={VM_HEADER: reply.vm})
+    if reply.payload == b"NOTFOUND":
+        return _text(404, "no such key", reply.vm)
+    raise _kv_refusal(reply)
+
+
+# --- session, names, requests, status -------------------------------------------------------------------------
+async def session(request: web.Request) -> web.Response:
+    """GET /session: this client's visit count, kept in the guest its cookie names."""
+    fe = request.app[FRONTEND_KEY]
+    cookie = request.cookies.get(COOKIE, "")
+    reply, value = await fe.sessions.visit(cookie, _request_id(request))
+    if reply.payload == b"ERR full":
+        raise ServeError(507, "the session table is full (256 clients)", reply.vm)
+    if not reply.payload.isdigit():
+        raise _guest_error(reply, "session")
+    response = _text(200, reply.payload, reply.vm)
+    if value != cookie:
+        response.set_cookie(COOKIE, value, path="/", httponly=True, samesite="Lax")
+    return response
+
+
+def _query_bytes(request: web.Request, name: str) -> bytes:
+    for part in request.rel_url.raw_query_string.split("&"):  # raw: a key need not be UTF-8
+        k, _, v = part.partition("=")
+        if unquote_to_bytes(k) == name.encode():
+            return unquote_to_bytes(v.replace("+", " "))
+    return b""
+
+
+async def resolve(request: web.Request) -> web.Response:
+    """GET /resolve/<service>[?key=K]: the replicas in the order the policy would pick them."""
+    fe, service = request.app[FRONTEND_KEY], request.match_info["service"]
+    if service not in SERVICES:
+        raise ServeError(404, f"no service '{service}' (services: {', '.join(SERVICES)})")
+    key = _query_bytes(request, "key") if service == "kv" else b""
+    return _json(fe.dispatcher.names.resolve(Request(service, key=key)))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    """DELETE /requests/<id>: cancel the in-flight request tagged X-Request-Id: <id>."""
+    fe, rid = request.app[FRONTEND_KEY], request.match_info["id"]
+    status, body, vms = await fe.dispatcher.cancel(rid)
+    return _text(status, body, vms)
+
+
+async def status(request: web.Request) -> web.Response:
+    """GET /status: every VM's service, monitor, state and counters; the policy; totals."""
+    fe = request.app[FRONTEND_KEY]
+    vms = []
+    for r in fe.cluster.replicas:
+        vms.append({**r.describe(), "served": r.served, "exits": r.exits, "boots": r.boots, "ports": r.ports,
+                    **({"reason": r.reason} if r.reason else {})})  # fmt: skip
+    totals = {k: sum(v[k] for v in vms) for k in ("served", "exits", "outstanding")}
+    totals.update(vms=len(vms), running=sum(v["state"] == "running" for v in vms))
+    return _json({"policy": fe.dispatcher.policy.name, "core": fe.config.core, "vms": vms, "totals": totals})
+
+
+async def admin(request: web.Request) -> web.Response:
+    """POST /admin/vms/<id>/stop|start: power a VM off, or boot it afresh (admin token required)."""
+    fe = request.app[FRONTEND_KEY]
+    auth = request.headers.get("Authorization", "")
+    if not auth:
+        raise web.HTTPUnauthorized(text="an admin token is required (Authorization: Bearer <token>)",
+                                   headers={"WWW-Authenticate": "Bearer", VM_HEADER: FRONTEND})  # fmt: skip
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), fe.admin_token.encode()):
+        raise ServeError(403, "wrong admin token")
+    replica = fe.cluster.replica(request.match_info["id"])
+    if replica is None:
+        raise ServeError(404, f"no VM {request.match_info['id']}")
+    if request.match_info["action"] == "stop":
+        await replica.stop()
+    else:
+        await replica.start()
+    return _json(replica.describe(), replica.id)
+
+
+# --- the application ------------------------------------------------------------------------------------------
+@web.middleware
+async def _errors(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001 - aiohttp's handler type
+    """Errors become one-line answers; anything unexpected is logged in one line and answered 500."""
+    try:
+        return await handler(request)
+    except ServeError as e:
+        response = _text(e.status, e.message, e.vm)
+        if e.status in (408, 413):  # the rest of the body may still come: it must not be read as a request
+            response.force_close()
+        return response
+    except web.HTTPException:
+        raise
+    except Exception as e:
+        log.error("%s %s: internal error: %s: %s", request.method, request.path, type(e).__name__, e)
+        return _text(500, "internal error")
+
+
+async def _vm_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault(VM_HEADER, FRONTEND)
+
+
+def make_app(frontend: Frontend) -> web.Application:
+    """The aiohttp application of the front-end."""
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_MESSAGE)
+    app[FRONTEND_KEY] = frontend
+    app.on_response_prepare.append(_vm_header)
+    app.add_routes([
+        web.post("/echo", echo),
+        web.post("/crc32", crc32),
+        web.get("/primes/{n}", primes, allow_head=False),
+        web.get("/kv/{key:.*}", kv_get, allow_head=False),
+        web.put("/kv/{key:.*}", kv_put),
+        web.delete("/kv/{key:.*}", kv_delete),
+        web.get("/session", session, allow_head=False),
+        web.get("/resolve/{service}", resolve),
+        web.delete("/requests/{id}", cancel),
+        web.get("/status", status),
+        web.post("/admin/vms/{id}/{action:stop|start}", admin),
+    ])  # fmt: skip
+    return app
+
+
+def make_frontend(config: ServeConfig, cluster: Cluster, admin_token: str) -> Frontend:
+    """Wire the dispatcher, kv replication and sessions over a cluster."""
+    dispatcher = Dispatcher(cluster.replicas, config.policy, config.request_timeout)
+    return Frontend(config, cluster, dispatcher, KvReplication(dispatcher), Sessions(dispatcher), admin_token)

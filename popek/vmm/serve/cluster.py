@@ -1,0 +1,363 @@
+"""The VMs of ``popek serve`` and their threads: one thread per VM drives its own ``Host`` of one guest.
+
+Each VM is a Host of one, owned by its thread alone (the card, the monitor and the memory are not shared, so
+they need no lock). The core runs without the GIL (the JIT core is ``nogil``, the C core's cffi calls release
+it), so two VMs execute guest code on two processor cores at once. The asyncio loop talks to a thread only
+through its operation queue, and the thread answers through ``loop.call_soon_threadsafe`` on futures. A thread
+whose guest waits for the card with nothing queued blocks on its queue: an idle VM costs nothing.
+
+``Replica`` is the loop's side of a VM (its state, load and counters; touched by the loop thread only, except
+``exits`` which the VM thread writes); ``Worker`` is the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+from popek import guests
+from popek.vmm.host import GuestSpec, Host
+from popek.vmm.serve.config import DESIGNS, ServeConfig, VMSpec
+from popek.vmm.serve.names import NAMES_PORT, SERVICES, services_mask
+
+log = logging.getLogger("popek.serve")
+
+BOOTING, RUNNING, STOPPED, CRASHED = "booting", "running", "stopped", "crashed"
+
+
+class ReplicaDown(Exception):
+    """The VM stopped or crashed before it answered (the request may be retried elsewhere if idempotent)."""
+
+
+@cache
+def _assemble(path: str, defines: tuple[tuple[str, int], ...]) -> bytes:
+    from popek.isa.asm import assemble_file
+
+    return assemble_file(path, defines=dict(defines)).image
+
+
+def build_image(spec: VMSpec) -> bytes:
+    """The guest image of a VM: the server kernel built for its services, design and monitor, or its own file."""
+    defines = {"SERVICES": services_mask(spec.services)}
+    if spec.monitor == "pv":
+        defines["PARAVIRT"] = 1
+    if spec.guest in DESIGNS:
+        if spec.guest == "concurrent":
+            defines["CONCURRENT"] = 1
+        return _assemble(str(guests.path("servers/server.s")), tuple(sorted(defines.items())))
+    if spec.guest.lower().endswith((".s", ".asm")):
+        return _assemble(spec.guest, tuple(sorted(defines.items())))
+    with open(spec.guest, "rb") as f:
+        return f.read()
+
+
+@dataclass(eq=False)
+class Call:
+    """One message to a guest port and the future its reply settles."""
+
+    port: int
+    payload: bytes
+    future: asyncio.Future
+    urgent: bool = False
+    tag: int = 0  # the card's tag, set by the VM thread when it hands the message over
+    cancel_requested: bool = False  # a `cancel` was sent for it: a `cancelled` reply means just that
+
+
+def _settle(future: asyncio.Future, value: object, error: BaseException | None) -> None:
+    """Complete a future from the loop thread, unless the front-end gave up on it already."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+class Worker(threading.Thread):
+    """The thread of one VM: boots it, hands it requests, runs it, and returns its replies."""
+
+    def __init__(self, replica: Replica, image: bytes, config: ServeConfig, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name=f"vm-{replica.spec.id}", daemon=True)
+        self.replica, self.image, self.config, self.loop = replica, image, config, loop
+        self.ops: queue.SimpleQueue = queue.SimpleQueue()
+        self.host: Host | None = None
+        self.outstanding: dict[int, Call] = {}  # tag -> call, for the messages the guest has not answered
+
+    def submit(self, op: tuple) -> None:
+        """Queue an operation for the thread (any thread may call this)."""
+        self.ops.put(op)
+
+    # --- the thread -------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve operations until told to quit; never let an exception end the thread unnoticed."""
+        try:
+            self._serve()
+        except Exception as e:  # a bug below the front-end: the VM is lost, the server goes on
+            self._crash(f"internal error: {type(e).__name__}: {e}")
+            self._serve_dead()
+
+    def _serve(self) -> None:
+        while True:
+            vm = self.host.vms[0] if self.host else None
+            idle = vm is None or vm.waiting  # nothing to run until an operation arrives: block
+            try:
+                op = self.ops.get(block=idle)
+            except queue.Empty:
+                op = None
+            while op is not None:
+                if op[0] == "quit":
+                    self._fail_all("the server is shutting down")
+                    return
+                self._handle(op)
+                try:
+                    op = self.ops.get_nowait()
+                except queue.Empty:
+                    op = None
+            if self.host is not None:
+                self._run_slice()
+
+    def _serve_dead(self) -> None:
+        """After an internal error: answer every operation as if the VM were down, until quit."""
+        while True:
+            op = self.ops.get()
+            if op[0] == "quit":
+                return
+            if op[0] in ("call", "cancel"):
+                self._reply(op[-1], None, ReplicaDown(f"VM {self.replica.spec.id} is down"))
+            elif op[0] in ("boot", "stop"):
+                self._reply_future(op[1], None, ReplicaDown(f"VM {self.replica.spec.id} failed"))
+
+    def _handle(self, op: tuple) -> None:
+        kind = op[0]
+        if kind == "boot":
+            self._boot(op[1])
+        elif kind == "stop":
+            self._fail_all(f"VM {self.replica.spec.id} was stopped")
+            self.host = None
+            self._reply_future(op[1], None, None)
+        elif kind == "call":
+            call: Call = op[1]
+            if call.future.done():
+                return  # the front-end gave up before the guest saw it
+            if self.host is None:
+                self._reply(call, None, ReplicaDown(f"VM {self.replica.spec.id} is {self.replica.state}"))
+                return
+            self._send(call)
+        elif kind == "cancel":  # (cancel, target call, reply call): the guest's urgent `cancel <tag>`
+            target, call = op[1], op[2]
+            if self.host is None or target.tag not in self.outstanding:
+                self._reply(call, b"ERR unknown request", None)
+                return
+            target.cancel_requested = True
+            call.payload = b"cancel %d" % target.tag
+            self._send(call)
+        elif kind == "abandon":  # the front-end timed out: forget the request and free the guest from it
+            target = op[1]
+            if self.host is not None and self.outstanding.pop(target.tag, None) is not None:
+                self.host.send(0, target.port, b"cancel %d" % target.tag, urgent=True)
+
+    def _send(self, call: Call) -> None:
+        try:
+            call.tag = self.host.send(0, call.port, call.payload, call.urgent)
+        except ValueError as e:  # a message the card refuses (too long): the request's fault, not the VM's
+            self._reply(call, None, e)
+            return
+        self.outstanding[call.tag] = call
+
+    def _boot(self, future: asyncio.Future) -> None:
+        spec, config = self.replica.spec, self.config
+        self._fail_all(f"VM {spec.id} was restarted")
+        try:
+            self.host = Host([GuestSpec(spec.id, self.image, spec.monitor, spec.profile, spec.mem)], config.core)
+            self.host.run(config.boot_steps)
+        except Exception as e:  # a profile the monitor refuses, a core that is missing
+            self.host = None
+            self._reply_future(future, None, ReplicaDown(f"VM {spec.id} did not boot: {e}"))
+            return
+        vm = self.host.vms[0]
+        ports = {s: SERVICES[s].port for s in spec.services}
+        if vm.waiting:  # ask the guest's own names service where its services are
+            tags = {self.host.send(0, NAMES_PORT, s.encode()): s for s in spec.services}
+            self.host.run(self.host.steps[0] + config.boot_steps)
+            for m in self.host.replies(0):
+                if m.tag in tags and m.payload.isdigit():
+                    ports[tags[m.tag]] = int(m.payload)
+        if vm.halted or vm.error:
+            reason = self._down_reason()
+            self.host = None
+            self._reply_future(future, None, ReplicaDown(reason))
+            return
+        self._publish_exits()
+        self._reply_future(future, ports, None)
+
+    def _run_slice(self) -> None:
+        host = self.host
+        try:
+            host.run(host.steps[0] + self.config.slice_steps)
+        except Exception as e:  # a monitor that fails on what this guest did: this VM is lost, not the server
+            self._crash(f"monitor error: {type(e).__name__}: {e}")
+            return
+        for m in host.replies(0):
+            call = self.outstanding.pop(m.tag, None)
+            if call is not None:
+                self._reply(call, m.payload, None)
+        self._publish_exits()
+        if host.vms[0].halted or host.vms[0].error:
+            self._crash(self._down_reason())
+
+    def _down_reason(self) -> str:
+        vm = self.host.vms[0]
+        if vm.halted:
+            return f"VM {vm.name}: the guest halted"
+        return f"VM {vm.name}: {vm.error}"
+
+    def _publish_exits(self) -> None:
+        stats = self.host.vms[0].stats
+        self.replica.exits = sum(stats.exits.values())  # one int: the loop thread reads it as it is
+
+    def _crash(self, reason: str) -> None:
+        log.warning("%s: marked crashed", reason)
+        self.host = None
+        self._fail_all(reason)
+        self.loop.call_soon_threadsafe(self.replica.crashed, reason)
+
+    def _fail_all(self, reason: str) -> None:
+        calls, self.outstanding = list(self.outstanding.values()), {}
+        for call in calls:
+            self._reply(call, None, ReplicaDown(reason))
+
+    def _reply(self, call: Call, payload: bytes | None, error: BaseException | None) -> None:
+        self._reply_future(call.future, payload, error)
+
+    def _reply_future(self, future: asyncio.Future, value: object, error: BaseException | None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_settle, future, value, error)
+        except RuntimeError:  # the loop is closed: the server is gone, nobody waits
+            pass
+
+
+class Replica:
+    """A VM as the front-end sees it: spec, state, load and counters (loop thread only)."""
+
+    def __init__(self, spec: VMSpec, config: ServeConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.spec = spec
+        self.state = STOPPED
+        self.reason = ""  # why it is crashed
+        self.ports = {s: SERVICES[s].port for s in spec.services}
+        self.outstanding = 0  # requests sent and not yet answered
+        self.pending_cost = 0  # their estimated guest work (the content policy weighs by it)
+        self.served = 0  # requests answered
+        self.exits = 0  # VM exits so far (written by the VM thread)
+        self.boots = 0
+        self.on_boot: Callable[[Replica], None] = lambda r: None  # replays state before the VM takes requests
+        self.worker = Worker(self, build_image(spec), config, loop)
+        self.loop = loop
+
+    @property
+    def id(self) -> str:
+        """The VM id (``X-Popek-VM``)."""
+        return self.spec.id
+
+    @property
+    def running(self) -> bool:
+        """True when the VM takes requests."""
+        return self.state == RUNNING
+
+    def describe(self) -> dict:
+        """The VM in ``/resolve`` and ``/status``."""
+        return {"vm": self.id, "services": list(self.spec.services), "shard": self.spec.shard if
+                "kv" in self.spec.services else None, "monitor": self.spec.monitor, "profile": self.spec.profile,
+                "design": self.spec.design, "state": self.state, "outstanding": self.outstanding}  # fmt: skip
+
+    def submit(self, port: int, payload: bytes, cost: int = 1, urgent: bool = False) -> Call:
+        """Hand a message to the VM's thread; wait for its reply with ``wait``."""
+        if not self.running:
+            raise ReplicaDown(f"VM {self.id} is {self.state}")
+        call = Call(port, payload, self.loop.create_future(), urgent)
+        self.outstanding += 1
+        self.pending_cost += cost
+        call.future.add_done_callback(lambda f: self._done(f, cost))
+        self.worker.submit(("call", call))
+        return call
+
+    def _done(self, future: asyncio.Future, cost: int) -> None:
+        self.outstanding -= 1
+        self.pending_cost -= cost
+        if not future.cancelled() and future.exception() is None:
+            self.served += 1
+
+    async def wait(self, call: Call, timeout: float) -> bytes:
+        """The guest's reply to ``call``; TimeoutError after ``timeout`` seconds (the guest is told to drop it)."""
+        try:
+            return await asyncio.wait_for(call.future, timeout)
+        except TimeoutError:
+            self.worker.submit(("abandon", call))
+            raise
+
+    async def cancel(self, target: Call, timeout: float) -> bytes:
+        """Send the guest ``cancel <tag>`` for ``target`` on the urgent channel; return its answer."""
+        call = Call(target.port, b"", self.loop.create_future(), urgent=True)
+        self.worker.submit(("cancel", target, call))
+        return await asyncio.wait_for(call.future, timeout)
+
+    async def start(self) -> None:
+        """Boot the VM from its image (a fresh guest), then let it take requests."""
+        if self.state in (RUNNING, BOOTING):
+            return
+        self.state, self.reason = BOOTING, ""
+        future = self.loop.create_future()
+        self.worker.submit(("boot", future))
+        try:
+            self.ports = await future
+        except ReplicaDown as e:
+            self.crashed(str(e))
+            return
+        if self.state != BOOTING:
+            return  # stopped while it booted
+        self.boots += 1
+        self.on_boot(self)  # queued before any request, so the guest has its state back first
+        self.state = RUNNING
+
+    async def stop(self) -> None:
+        """Power the VM off: requests it holds fail over to other replicas; its guest state is gone."""
+        if self.state == STOPPED:
+            return
+        self.state = STOPPED
+        future = self.loop.create_future()
+        self.worker.submit(("stop", future))
+        await future
+
+    def crashed(self, reason: str) -> None:
+        """The VM thread found the guest halted or failed (loop thread)."""
+        if self.state in (RUNNING, BOOTING):
+            self.state, self.reason = CRASHED, reason
+
+
+class Cluster:
+    """Every VM of the configuration, each with its thread."""
+
+    def __init__(self, config: ServeConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.replicas = [Replica(spec, config, loop) for spec in config.vms]
+
+    def replica(self, vm_id: str) -> Replica | None:
+        """The replica with this id, or None."""
+        return next((r for r in self.replicas if r.id == vm_id), None)
+
+    async def start(self) -> None:
+        """Start the threads and boot every VM (in parallel)."""
+        for r in self.replicas:
+            r.worker.start()
+        await asyncio.gather(*(r.start() for r in self.replicas))
+
+    async def shutdown(self) -> None:
+        """Fail what is outstanding and end every thread."""
+        for r in self.replicas:
+            r.state = STOPPED
+            r.worker.submit(("quit",))
+        await asyncio.to_thread(lambda: [r.worker.join(timeout=10) for r in self.replicas])
