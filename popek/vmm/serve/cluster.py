@@ -28,6 +28,7 @@ from popek.vmm.serve.names import NAMES_PORT, SERVICES, services_mask
 log = logging.getLogger("popek.serve")
 
 BOOTING, RUNNING, STOPPED, CRASHED = "booting", "running", "stopped", "crashed"
+CANCEL_PATIENCE = 5.0  # seconds a cancel keeps asking a guest that does not know the request yet
 
 
 class ReplicaDown(Exception):
@@ -301,9 +302,16 @@ class Replica:
 
     async def cancel(self, target: Call, timeout: float) -> bytes:
         """Send the guest ``cancel <tag>`` for ``target`` on the urgent channel; return its answer."""
-        call = Call(target.port, b"", self.loop.create_future(), urgent=True)
-        self.worker.submit(("cancel", target, call))
-        return await asyncio.wait_for(call.future, timeout)
+        end = self.loop.time() + min(timeout, CANCEL_PATIENCE)
+        while True:
+            call = Call(target.port, b"", self.loop.create_future(), urgent=True)
+            self.worker.submit(("cancel", target, call))
+            answer = await asyncio.wait_for(call.future, timeout)
+            # The kernel serves its urgent ring before it takes ordinary messages from the card, so a request
+            # sent just before may not be known yet: ask again until it is, it is answered, or time is up.
+            if answer != b"ERR unknown request" or target.future.done() or self.loop.time() > end:
+                return answer
+            await asyncio.sleep(0.01)
 
     async def start(self) -> None:
         """Boot the VM from its image (a fresh guest), then let it take requests."""

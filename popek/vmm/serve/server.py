@@ -22,7 +22,9 @@ from popek.vmm.serve.app import Frontend, make_app, make_frontend
 from popek.vmm.serve.cluster import Cluster
 from popek.vmm.serve.config import ConfigError, ServeConfig
 
-HTTP_LIMITS = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 64}  # a longer request is 400
+# A longer request line or header is 400; after an error answer, unread body bytes are drained for at most
+# lingering_time seconds before the connection closes.
+HTTP_LIMITS = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 64, "lingering_time": 1.0}
 
 
 class Server:
