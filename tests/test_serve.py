@@ -22,7 +22,7 @@ from urllib.parse import quote_from_bytes
 import pytest
 
 from popek.vmm.serve import BackgroundServer, ConfigError, ServeConfig, VMSpec, build_config
-from popek.vmm.serve.names import shard_of
+from popek.vmm.serve.services import shard_of
 
 TOKEN = "test-admin-token"
 COMPUTE = ("echo", "crc32", "primes", "session")

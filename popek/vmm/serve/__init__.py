@@ -1,8 +1,8 @@
 """``popek serve``: an HTTP front-end for a cluster of guest servers (docs/serve.md).
 
-One file per concern: config (what runs), cluster (the VMs and their threads), names (services, ports,
-``/resolve``), dispatch (policies and failover), replication (kv), sessions, app (the HTTP routes), server
-(start, stop, the command).
+One file per concern: services (the guest services and their ports), config (what runs), cluster (the VMs
+and their threads), names (the name service, ``/resolve``), dispatch (policies and failover), replication
+(kv), sessions, app (the HTTP routes), server (start, stop, the command).
 """
 
 from popek.vmm.serve.config import ConfigError, ServeConfig, VMSpec, build_config, default_cluster

@@ -19,9 +19,9 @@ from aiohttp import web
 
 from popek.vmm.serve.cluster import Cluster
 from popek.vmm.serve.config import ServeConfig
-from popek.vmm.serve.dispatch import Dispatcher, Reply, Request, ServeError, estimate_cost
-from popek.vmm.serve.names import SERVICES
+from popek.vmm.serve.dispatch import Dispatcher, Reply, ServeError, estimate_cost
 from popek.vmm.serve.replication import KvReplication
+from popek.vmm.serve.services import SERVICES, Request
 from popek.vmm.serve.sessions import COOKIE, Sessions
 
 log = logging.getLogger("popek.serve")

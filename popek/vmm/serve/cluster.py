@@ -23,7 +23,7 @@ from functools import cache
 from popek import guests
 from popek.vmm.host import GuestSpec, Host
 from popek.vmm.serve.config import DESIGNS, ServeConfig, VMSpec
-from popek.vmm.serve.names import NAMES_PORT, SERVICES, services_mask
+from popek.vmm.serve.services import NAMES_PORT, SERVICES, services_mask
 
 log = logging.getLogger("popek.serve")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from popek.vmm.host import parse_size
-from popek.vmm.serve.names import GROUPS, SERVICES
+from popek.vmm.serve.services import GROUPS, SERVICES
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8023

@@ -22,7 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from popek.vmm.serve.cluster import Call, Replica, ReplicaDown
-from popek.vmm.serve.names import SERVICES, NameService
+from popek.vmm.serve.names import NameService
+from popek.vmm.serve.services import SERVICES, Request
 
 
 class ServeError(Exception):
@@ -31,17 +32,6 @@ class ServeError(Exception):
     def __init__(self, status: int, message: str, vm: str = "-") -> None:
         super().__init__(message)
         self.status, self.message, self.vm = status, message, vm
-
-
-@dataclass
-class Request:
-    """A request to one guest service, with what the policies look at."""
-
-    service: str
-    payload: bytes = b""
-    key: bytes = b""  # kv: the key (chooses the shard)
-    cost: int = 1  # estimated guest work in thousands of instructions (the content policy weighs by it)
-    request_id: str = ""  # the client's X-Request-Id, for DELETE /requests/<id>
 
 
 @dataclass

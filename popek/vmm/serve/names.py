@@ -1,57 +1,31 @@
-"""The name service: which services exist, on which guest ports, and which VMs serve each (``/resolve``).
+"""The name service: which VMs serve a service, in the order the current policy would pick them (``/resolve``).
 
 The guest kernels have their own names service on port 53; each VM is asked for its services' ports when it
-boots (``Replica.ports``), and the well-known ports of guests/servers/README.md stand in for a guest that
-does not answer. This module names the replicas of a service in the order the current policy would try them.
+boots (``Replica.ports``). This one sits above them: it knows every VM of the cluster, and asks the policy.
 """
 
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from popek.vmm.serve.cluster import Replica
-    from popek.vmm.serve.dispatch import Policy, Request
-
-NAMES_PORT = 53
+from popek.vmm.serve.cluster import Replica
+from popek.vmm.serve.services import SERVICES, Request, shard_of
 
 
-@dataclass(frozen=True)
-class Service:
-    """A guest service: its well-known port, its bit in the build's ``SERVICES`` mask, whether a retry is safe."""
+class Orders(Protocol):
+    """What the name service needs of a policy (popek/vmm/serve/dispatch.py)."""
 
     name: str
-    port: int
-    mask: int
-    idempotent: bool
 
-
-SERVICES: dict[str, Service] = {
-    "echo": Service("echo", 7, 1, True),
-    "crc32": Service("crc32", 32, 2, True),
-    "primes": Service("primes", 33, 4, True),
-    "kv": Service("kv", 34, 8, True),  # GET, and PUT/DELETE of a whole value, may be repeated
-    "session": Service("session", 35, 16, False),  # a repeat would count the visit twice
-}
-GROUPS = {"compute": ("echo", "crc32", "primes")}
-
-
-def services_mask(services: tuple[str, ...]) -> int:
-    """The ``-D SERVICES=mask`` value of a build that serves ``services``."""
-    return sum(SERVICES[s].mask for s in services)
-
-
-def shard_of(key: bytes, shards: list[int]) -> int:
-    """The shard that holds ``key``: a stable hash (CRC-32) of the key over the sorted shard numbers."""
-    return shards[zlib.crc32(key) % len(shards)]
+    def order(self, replicas: list[Replica], request: Request, advance: bool = True) -> list[Replica]:
+        """The order to try ``replicas`` in."""
+        ...
 
 
 class NameService:
     """Services to replicas, in the order the policy would pick them."""
 
-    def __init__(self, replicas: list[Replica], policy: Policy) -> None:
+    def __init__(self, replicas: list[Replica], policy: Orders) -> None:
         self.replicas, self.policy = replicas, policy
 
     def serving(self, service: str, shard: int | None = None) -> list[Replica]:

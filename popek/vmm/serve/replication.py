@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 
 from popek.vmm.serve.cluster import Call, Replica, ReplicaDown
-from popek.vmm.serve.dispatch import Dispatcher, Reply, Request, ServeError, estimate_cost
-from popek.vmm.serve.names import shard_of
+from popek.vmm.serve.dispatch import Dispatcher, Reply, ServeError, estimate_cost
+from popek.vmm.serve.services import Request, shard_of
 
 _ABSENT = object()
 

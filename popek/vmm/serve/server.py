@@ -45,6 +45,7 @@ class Server:
 
     async def start(self) -> None:
         """Boot every VM, then listen (``port`` 0 picks a free one; ``self.port`` tells which)."""
+        setup_logging()  # aiohttp logs a malformed request with its traceback otherwise
         cluster = Cluster(self.config, asyncio.get_running_loop())
         await cluster.start()
         self.frontend = make_frontend(self.config, cluster, self.admin_token)
@@ -100,11 +101,14 @@ class _OneLine(logging.Formatter):
         return " ".join(text.split())  # one line, whatever the message held
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
+    """Log the front-end's and aiohttp's warnings to stderr, one line each, without tracebacks."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLine("popek serve: %(message)s"))
     for name in ("popek.serve", "aiohttp", "asyncio"):
         logger = logging.getLogger(name)
+        if any(isinstance(h.formatter, _OneLine) for h in logger.handlers):
+            continue
         logger.handlers[:] = [handler]
         logger.setLevel(logging.WARNING)
         logger.propagate = False
@@ -112,7 +116,6 @@ def _setup_logging() -> None:
 
 def serve_forever(config: ServeConfig, out: Callable[[str], None] = print) -> int:
     """Run ``popek serve`` until SIGINT or SIGTERM; return the exit status."""
-    _setup_logging()
 
     async def main() -> None:
         server = Server(config)

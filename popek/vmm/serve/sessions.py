@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 import secrets
 
-from popek.vmm.serve.dispatch import Dispatcher, Reply, Request, ServeError, estimate_cost
+from popek.vmm.serve.dispatch import Dispatcher, Reply, ServeError, estimate_cost
+from popek.vmm.serve.services import Request
 
 COOKIE = "popek-session"
 _COOKIE = re.compile(r"^([0-9a-f]{16})\.([A-Za-z0-9_-]{1,32})$")
