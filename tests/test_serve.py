@@ -195,6 +195,19 @@ def test_session_counts_each_clients_visits_in_the_guest_its_cookie_names(url: s
     assert Client(url)("GET", "/session", headers={"Cookie": "popek-session=garbage"})[2] == b"1"
 
 
+def test_a_session_whose_vm_is_stopped_starts_over_on_another_with_a_new_cookie(url: str) -> None:
+    alice = Client(url)
+    alice("GET", "/session")
+    vm = alice("GET", "/session")[1]["x-popek-vm"]
+    assert admin(url, vm, "stop")[0] == 200
+    try:
+        code, headers, data = alice("GET", "/session")
+        assert (code, data) == (200, b"1") and headers["x-popek-vm"] != vm and "set-cookie" in headers
+        assert alice("GET", "/session")[2] == b"2"
+    finally:
+        assert admin(url, vm, "start")[0] == 200
+
+
 def test_resolve_names_the_replicas_of_a_service_and_a_keys_shard(url: str) -> None:
     assert sorted(resolve(url, "primes")) == ["c-full", "c-pv"]
     assert sorted(resolve(url, "kv")) == ["kv0-a", "kv0-b", "kv1-a"]
