@@ -125,9 +125,10 @@ class Host:
                 )
 
     def run(self, max_steps: int = DEFAULT_MAX_STEPS, slice_steps: int = DEFAULT_SLICE) -> list[RunResult]:
-        """Run every VM round-robin until all stop or each reaches ``max_steps``; return their results."""
+        """Run every VM round-robin until all stop or each ran ``max_steps`` more steps; return their results."""
         if len(self.vms) == 1:
             slice_steps = max_steps  # nobody to share the machine with
+        self.steps = [0] * len(self.vms)  # steps of this call: a later call may run each VM as far again
         while True:
             progressed = False
             for i, (vm, mon) in enumerate(zip(self.vms, self.monitors, strict=True)):
@@ -227,7 +228,6 @@ class Machine:
     def run(self, max_steps: int = DEFAULT_MAX_STEPS, on_step: StepHook | None = None) -> RunResult:
         """Run until ``halt``, an endless ``wfi`` or ``max_steps`` more steps; ``on_step`` traces each step."""
         self.monitor.on_step = on_step
-        self.host.steps[0] = 0
         return self.host.run(max_steps)[0]
 
     def result(self) -> RunResult:
