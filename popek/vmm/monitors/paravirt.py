@@ -71,7 +71,6 @@ EFAULT, EINVAL, ENOSYS = 14, 22, 38  # errors come back as -errno in r1, as Xen'
 DIRECT = (1 << SYSCALL) | (1 << TIMER_IRQ)  # causes the processor delivers into the guest kernel itself
 FAST = (1 << HC_IRET) | (1 << HC_SET_TIMER) | (1 << HC_IRQ)  # hypercalls the processor performs itself
 HCALL_WORD = encode(BY_MNEMONIC["hcall"])  # hcall 0; badaddr of an hcall made from a task is this | number
-_WORDS = SH_SIZE // 4
 _MASK, _PENDING, _EPC, _EPSW, _EBASE, _EBOUND, _CAUSE, _BADADDR = range(8)  # word indexes of the SH_* words
 _FEATURES, _CONS_LEN, _MC_COUNT, _NET_EVENTS = SH_FEATURES // 4, SH_CONS_LEN // 4, SH_MC_COUNT // 4, SH_NET_EVENTS // 4
 NET_BLOCK = 16  # bytes of the block HC_NET_SETUP reads: the receive, transmit and urgent rings, descriptors per ring
@@ -262,16 +261,16 @@ class Paravirt(TrapAndEmulate):
         count = min(sw.item(_MC_COUNT), MC_MAX)
         sw[_MC_COUNT] = 0
         for i in range(count):
-            e = (SH_MC + i * MC_ENTRY) // 4
-            n = sw.item(e)
+            e = SH_MC + i * MC_ENTRY  # byte offset of the entry; sw holds words
+            n = sw.item((e + MC_OP) // 4)
             call = self._calls.get(n)
             if call is None or (n in CONTROL and i != count - 1):
                 result = -EINVAL if call else -ENOSYS
             else:
                 extra[f"batched {HC_NAMES[n]}"] += 1
                 extra["batched ops"] += 1
-                result = call(vm, g, sw.item(e + 1), sw.item(e + 2))
-            sw[e + 3] = (0 if result is None else result) & M32
+                result = call(vm, g, sw.item((e + MC_ARG1) // 4), sw.item((e + MC_ARG2) // 4))
+            sw[(e + MC_RESULT) // 4] = (0 if result is None else result) & M32
             if vm.error or vm.waiting:
                 return
 
