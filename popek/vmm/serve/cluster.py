@@ -57,6 +57,12 @@ def build_image(spec: VMSpec) -> bytes:
         return f.read()
 
 
+def _run_for(host: Host, steps: int) -> None:
+    """Run the host's one VM for at most ``steps`` more guest steps (or until it waits, halts or fails)."""
+    host.steps[0] = 0  # the step limit of Host.run counts from here
+    host.run(steps)
+
+
 @dataclass(eq=False)
 class Call:
     """One message to a guest port and the future its reply settles."""
@@ -175,7 +181,7 @@ class Worker(threading.Thread):
         self._fail_all(f"VM {spec.id} was restarted")
         try:
             self.host = Host([GuestSpec(spec.id, self.image, spec.monitor, spec.profile, spec.mem)], config.core)
-            self.host.run(config.boot_steps)
+            _run_for(self.host, config.boot_steps)
         except Exception as e:  # a profile the monitor refuses, a core that is missing
             self.host = None
             self._reply_future(future, None, ReplicaDown(f"VM {spec.id} did not boot: {e}"))
@@ -184,7 +190,7 @@ class Worker(threading.Thread):
         ports = {s: SERVICES[s].port for s in spec.services}
         if vm.waiting:  # ask the guest's own names service where its services are
             tags = {self.host.send(0, NAMES_PORT, s.encode()): s for s in spec.services}
-            self.host.run(self.host.steps[0] + config.boot_steps)
+            _run_for(self.host, config.boot_steps)
             for m in self.host.replies(0):
                 if m.tag in tags and m.payload.isdigit():
                     ports[tags[m.tag]] = int(m.payload)
@@ -199,7 +205,7 @@ class Worker(threading.Thread):
     def _run_slice(self) -> None:
         host = self.host
         try:
-            host.run(host.steps[0] + self.config.slice_steps)
+            _run_for(host, self.config.slice_steps)
         except Exception as e:  # a monitor that fails on what this guest did: this VM is lost, not the server
             self._crash(f"monitor error: {type(e).__name__}: {e}")
             return
