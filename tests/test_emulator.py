@@ -298,7 +298,7 @@ def test_second_process_loads_the_emulator_from_the_cache() -> None:
         """
         from popek.cores import emulator
         emulator.warmup()
-        print(len(emulator._interpret.stats.cache_hits), len(emulator._interpret.stats.cache_misses))
+        print(len(emulator.interpret.stats.cache_hits), len(emulator.interpret.stats.cache_misses))
         """
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -309,7 +309,7 @@ def test_second_process_loads_the_emulator_from_the_cache() -> None:
 
 def test_the_emulator_records_what_its_cache_was_built_from() -> None:
     assert set(emulator.DEPENDENCIES) == {spec, S, gen_tables}
-    cache_path = emulator._interpret._cache.cache_path
+    cache_path = emulator.interpret._cache.cache_path
     if not isinstance(cache_path, str):
         pytest.skip("compiled without an on-disk cache here")
     sources = b"".join(Path(m.__file__).read_bytes() for m in emulator.DEPENDENCIES)

@@ -63,7 +63,7 @@ OP_BEQ, OP_BNE, OP_BLT, OP_BGE, OP_BLTU, OP_BGEU, OP_JAL, OP_JALR = _ops("beq bn
 OP_SYSCALL, OP_BRK, OP_HCALL, OP_IRET, OP_HALT, OP_WFI = _ops("syscall brk hcall iret halt wfi")
 OP_MFCR, OP_MTCR, OP_IN, OP_OUT, OP_GETPSW, OP_SETPSW, OP_GETBASE = _ops("mfcr mtcr in out getpsw setpsw getbase")
 assert {v for k, v in globals().items() if k.startswith("OP_")} == set(spec.BY_OPCODE), (
-    "every instruction of spec.INSNS needs a case in _interpret"
+    "every instruction of spec.INSNS needs a case in interpret"
 )
 
 _TABLES = gen_tables.opcode_tables()
@@ -110,8 +110,24 @@ def _fault(va, n, base, bound, memsize):  # noqa: ANN001, ANN202
 
 
 @_compiled
-def _interpret(state, mem, budget, until_user, out):  # noqa: ANN001, ANN202
-    """Run at most ``budget`` steps; return (exit code, bytes of console output written into ``out``)."""
+def enter_vector(state: np.ndarray, memsize: int, cause: int, info: int, epc: int) -> None:
+    """Take a trap into the guest's vector (ISA §4, ``state.enter_trap``); callable from compiled code."""
+    state[EPC] = epc & M32
+    state[EPSW] = state[PSW]
+    state[EBASE] = state[BASE]
+    state[EBOUND] = state[BOUND]
+    state[CAUSE] = cause
+    state[BADADDR] = info & M32
+    state[PSW] = PSW_S
+    state[BASE] = 0
+    state[BOUND] = memsize
+    state[PC] = state[IVT]
+
+
+@_compiled
+def interpret(state: np.ndarray, mem: np.ndarray, budget: int, until_user: bool, out: np.ndarray) -> tuple[int, int]:
+    """Run at most ``budget`` steps; return (exit code, console bytes written into ``out``). Callable from
+    compiled code (the VM-exit loop, popek/cores/vmexit.py); from Python, ``emulate`` is the entry."""
     memsize = np.int64(mem.shape[0])
     room = np.int64(out.shape[0])
     nout = np.int64(0)
@@ -370,15 +386,7 @@ def _interpret(state, mem, budget, until_user, out):  # noqa: ANN001, ANN202
                 state[XINFO] = info & M32
                 code = EXIT_TRAP
                 break
-            state[EPC] = pc & M32
-            state[EPSW] = state[PSW]
-            state[EBASE] = state[BASE]
-            state[EBOUND] = state[BOUND]
-            state[CAUSE] = cause
-            state[BADADDR] = info & M32
-            state[PSW] = PSW_S
-            state[BASE] = 0
-            state[BOUND] = memsize
+            enter_vector(state, memsize, cause, info, pc)
             pc = state[IVT]
             steps += 1
             continue
@@ -418,7 +426,7 @@ def emulate(state: np.ndarray, mem: np.ndarray, budget: int, until_user: bool, c
     """
     if state[FLAGS] & _EXTENSIONS:
         return reference.run(state, mem, budget, until_user), 0
-    code, n = _interpret(state, mem, int(budget), bool(until_user), console)
+    code, n = interpret(state, mem, int(budget), bool(until_user), console)
     return int(code), int(n)
 
 

@@ -62,7 +62,7 @@ IO_PORT, IO_WRITE, IO_VALUE, IO_REG, STEPS, STATUS = S.IO_PORT, S.IO_WRITE, S.IO
 F_TRAPS_TO_HOST, F_HCALL_TO_HOST = S.F_TRAPS_TO_HOST, S.F_HCALL_TO_HOST
 EXIT_HALT, EXIT_BUDGET, EXIT_TRAP, EXIT_IO = S.EXIT_HALT, S.EXIT_BUDGET, S.EXIT_TRAP, S.EXIT_IO
 EXIT_HCALL, EXIT_IDLE = S.EXIT_HCALL, S.EXIT_IDLE
-EXECUTE, IGNORE = spec.EXECUTE, spec.IGNORE
+EXECUTE, IGNORE, CONSOLE_PORT = spec.EXECUTE, spec.IGNORE, spec.CONSOLE_PORT
 NUM_CRS, CR_PSW, CR_BASE, CR_BOUND = spec.NUM_CRS, spec.CR_PSW, spec.CR_BASE, spec.CR_BOUND
 CR_TIMER, CR_CYCLE = spec.CR_TIMER, spec.CR_CYCLE
 SYSCALL, PRIV, ILLEGAL, BREAK = spec.SYSCALL, spec.PRIV, spec.ILLEGAL, spec.BREAK
@@ -381,8 +381,12 @@ def _rw_twin(state, w, cycle):  # noqa: ANN001, ANN202
 
 
 @_compiled
-def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
-    """Run at most ``budget`` steps of the machine in ``state``/``mem``; return the exit code."""
+def _run(state, mem, budget, out, nout):  # noqa: ANN001, ANN202
+    """Run at most ``budget`` steps; return (exit code, console bytes in ``out``, ``nout`` of them before).
+
+    ``out`` to the console port retires inside the call while ``out`` has room, its byte stored at
+    ``out[nout]``; every other port, and console input, exits with EXIT_IO.
+    """
     memsize = np.int64(mem.shape[0])
     lim_steps = min(max(np.int64(budget), 0), MAX_BUDGET)  # retirements the budget allows: budget - traps
     pc = state[PC] & M32
@@ -417,7 +421,7 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                 state[XCAUSE] = tc
                 state[XINFO] = ti & M32
                 _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
-                return EXIT_TRAP
+                return EXIT_TRAP, nout
             state[EPC] = pc
             state[EPSW] = state[PSW]
             state[EBASE] = state[BASE]
@@ -442,7 +446,7 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                 _pv_expired(state, mem)
         if r >= lim_steps:
             _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
-            return EXIT_BUDGET
+            return EXIT_BUDGET, nout
         if state[PSW] & 2:
             pend = state[PENDING]
             if pend & 1:
@@ -479,14 +483,14 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
         if op >= RW_OP_XLATE:  # binary-rewriting support: a monitor-only word of the shadow copy
             if op == RW_OP_XLATE or op == RW_OP_CALLOUT:
                 _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
-                return EXIT_XLATE if op == RW_OP_XLATE else EXIT_CALLOUT
+                return (EXIT_XLATE if op == RW_OP_XLATE else EXIT_CALLOUT), nout
             what = _rw_twin(state, w, cyc0 + skip + r)
             if what == RW_RETIRE:
                 pc = npc & M32
                 r += 1
             elif what == RW_CALL_OUT:
                 _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
-                return EXIT_CALLOUT
+                return EXIT_CALLOUT, nout
             else:
                 tc = what
                 ti = w - (RW_TWIN << 24)
@@ -523,7 +527,7 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                 continue
             state[XCAUSE] = w & 0xFFFF
             _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
-            return EXIT_HCALL
+            return EXIT_HCALL, nout
         # Decode (unknown opcode, stray bits, unknown CR), then the profile decides what it does in user mode.
         slot = _profile_slot(w)
         if slot < 0:
@@ -576,12 +580,12 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
             if pv and tact and r + 1 == tdead:  # paravirtual support: its retirement expires the timer
                 _pv_expired(state, mem)
             _leave(state, npc & M32, r + 1, r_mark, traps, skip, cyc0, tact, tdead)
-            return EXIT_HALT
+            return EXIT_HALT, nout
         elif op == OP_WFI:
             if state[PENDING] == 0:
                 if not tact or (state[FLAGS] & F_TRAPS_TO_HOST):
                     _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
-                    return EXIT_IDLE
+                    return EXIT_IDLE, nout
                 skip += tdead - r  # idle until the timer fires, then retire (one more tick)
                 tact = False
                 state[PENDING] |= 1
@@ -592,8 +596,12 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
             state[IO_WRITE] = 1 if op == OP_OUT else 0
             state[IO_VALUE] = state[a] if op == OP_OUT else 0
             state[IO_REG] = a if op == OP_IN else 0
-            _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
-            return EXIT_IO
+            if op == OP_OUT and (w & 0xFFFF) == CONSOLE_PORT and nout < out.shape[0]:
+                out[nout] = state[a] & 0xFF  # the console write the host would make; then it retires
+                nout += 1
+            else:
+                _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
+                return EXIT_IO, nout
         elif op == OP_GETPSW:
             if a:
                 state[a] = state[PSW] & M32
@@ -604,6 +612,18 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
                 state[a] = state[BASE] & M32
         pc = npc & M32  # retire
         r += 1
+
+
+@_compiled
+def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
+    """Run at most ``budget`` steps of the machine in ``state``/``mem``; return the exit code."""
+    return _run(state, mem, budget, mem[0:0], np.int64(0))[0]  # no console buffer: every out exits
+
+
+@_compiled
+def run_console(state: np.ndarray, mem: np.ndarray, budget: int, out: np.ndarray) -> tuple[int, int]:
+    """``run``, console output into ``out`` while it has room; return (exit code, bytes written there)."""
+    return _run(state, mem, budget, out, np.int64(0))
 
 
 DEPENDENCIES = (threaded, spec, S, gen_tables)  # the modules whose code or constants are compiled in here

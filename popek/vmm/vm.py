@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from popek.cores import CoreRun, emulator
+from popek.cores import CoreRun, emulator, vmexit
 from popek.isa import state as S
 from popek.isa.devices import Console, Nic, PortBus
 from popek.isa.profiles import Profile, load_profile
-from popek.isa.spec import PSW_IE, PSW_S
+from popek.isa.spec import PSW_IE, PSW_S, cause_name
 
 CONSOLE_BUFFER = 4096  # console bytes one emulator call may write before it stops for the host to take them
 
@@ -64,6 +64,7 @@ class VM:
         self.nic = Nic(self.mem, self.device_interrupt)
         self.bus = PortBus(self.console, self.nic)
         self.console_out = np.zeros(CONSOLE_BUFFER, dtype=np.uint8)  # console bytes of one emulator call
+        self.counters = np.zeros(vmexit.NCOUNTERS, dtype=np.int64)  # what a compiled exit loop did (CNT_*)
         self.stats = VMStats()
         self.host_io: list[tuple[int, bool, int]] = []  # untrapped port I/O that reached the host's devices
         self.halted = False
@@ -169,6 +170,30 @@ class VM:
         else:
             pc = int(self.vstate[S.PC])
             self.error = f"wfi at {pc:#010x} can never end: no interrupt pending, timer 0, no device that could wake it"
+
+    def take_counters(self) -> int:
+        """Merge what a compiled exit loop counted into the statistics, console bytes into the console.
+
+        Returns the exit code it left for the monitor (``CNT_CODE``); the counters start again from zero.
+        """
+        c = self.counters
+        if not c.any():
+            return 0
+        counts = c.tolist()
+        c[:] = 0
+        n = counts[vmexit.CNT_CONSOLE]
+        if n:  # before whatever exit the loop stopped for, as they came
+            self.console.output += self.console_out[:n].tobytes()
+        exits = self.stats.exits
+        for cause in range(vmexit.CNT_CAUSES):
+            if counts[vmexit.CNT_CAUSE + cause]:
+                exits[cause_name(cause)] += counts[vmexit.CNT_CAUSE + cause]
+        if counts[vmexit.CNT_TIMER]:
+            exits["TIMER"] += counts[vmexit.CNT_TIMER]
+        self.stats.emulated += counts[vmexit.CNT_EMULATED]
+        self.stats.reflected += counts[vmexit.CNT_REFLECTED]
+        self.stats.injected += counts[vmexit.CNT_INJECTED]
+        return counts[vmexit.CNT_CODE]
 
     # --- direct execution ------------------------------------------------------------------------------
     def load_real_state(self, flags: int) -> None:

@@ -11,7 +11,7 @@ import weakref
 
 import numpy as np
 
-from popek.cores.contract import CoreUnavailable
+from popek.cores.contract import CoreUnavailable, check_vm_slice
 from popek.isa.state import NSLOTS
 
 try:
@@ -72,12 +72,51 @@ def _bind(arr: np.ndarray, ctype: str, dtype: np.dtype, min_len: int, what: str)
     return entry
 
 
+def _ptr(arr: np.ndarray, ctype: str, dtype: np.dtype, min_len: int, what: str) -> tuple[object, int]:
+    """The C pointer to ``arr``'s buffer and its length (bound once per array)."""
+    entry = _bound.get(id(arr))
+    if entry is None or entry[0]() is not arr or entry[2] != len(arr):
+        entry = _bind(arr, ctype, dtype, min_len, what)
+    return entry[1], entry[2]
+
+
 def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
     """Run at most ``budget`` steps of the machine in ``state``/``mem`` on the C core; return the exit code."""
-    s = _bound.get(id(state))
-    if s is None or s[0]() is not state or s[2] != len(state):
-        s = _bind(state, "int64_t", _I64, NSLOTS, "state")
-    m = _bound.get(id(mem))
-    if m is None or m[0]() is not mem or m[2] != len(mem):
-        m = _bind(mem, "uint8_t", _U8, 0, "mem")
-    return lib.p32_run(s[1], m[1], m[2], budget if budget < _MAX_BUDGET else _MAX_BUDGET)
+    s = _ptr(state, "int64_t", _I64, NSLOTS, "state")[0]
+    m, memsize = _ptr(mem, "uint8_t", _U8, 0, "mem")
+    return lib.p32_run(s, m, memsize, budget if budget < _MAX_BUDGET else _MAX_BUDGET)
+
+
+def run_console(state: np.ndarray, mem: np.ndarray, budget: int, console: np.ndarray) -> tuple[int, int]:
+    """``run``, console output into ``console`` while it has room; return (exit code, bytes written there)."""
+    s = _ptr(state, "int64_t", _I64, NSLOTS, "state")[0]
+    m, memsize = _ptr(mem, "uint8_t", _U8, 0, "mem")
+    out, room = _ptr(console, "uint8_t", _U8, 0, "console")
+    nout = ffi.new("int64_t *")
+    code = lib.p32_run_console(s, m, memsize, budget if budget < _MAX_BUDGET else _MAX_BUDGET, out, room, nout)
+    return code, nout[0]
+
+
+def run_vm(
+    vstate: np.ndarray,
+    rstate: np.ndarray,
+    host_mem: np.ndarray,
+    offset: int,
+    memsize: int,
+    budget: int,
+    flags: int,
+    hybrid: bool,
+    counters: np.ndarray,
+    console: np.ndarray,
+) -> int:
+    """The VM-exit loop on the C core (``p32_run_vm``; popek/cores/vmexit.py describes it); a VMX_* code."""
+    check_vm_slice(host_mem, offset, memsize, counters, lib.P32_NCOUNTERS)
+    if not 0 <= counters[lib.P32_CNT_CONSOLE] <= len(console):
+        raise ValueError("the console count lies outside the console buffer")
+    v = _ptr(vstate, "int64_t", _I64, NSLOTS, "vstate")[0]
+    r = _ptr(rstate, "int64_t", _I64, NSLOTS, "rstate")[0]
+    m, host_size = _ptr(host_mem, "uint8_t", _U8, 0, "host_mem")
+    cnt = _ptr(counters, "int64_t", _I64, lib.P32_NCOUNTERS, "counters")[0]
+    out, room = _ptr(console, "uint8_t", _U8, 0, "console")
+    budget = budget if budget < _MAX_BUDGET else _MAX_BUDGET
+    return lib.p32_run_vm(v, r, m, host_size, offset, memsize, budget, flags, int(hybrid), cnt, out, room)

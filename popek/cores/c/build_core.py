@@ -3,8 +3,9 @@
 setup.py hands it to setuptools with ``cffi_modules``, so ``pip install .`` / ``pip install -e .`` builds it.
 For a quick rebuild in a checkout: ``python popek/cores/c/build_core.py``.
 Before anything is compiled, gen_tables.py writes p32_tables.h (the constants and decode tables core.c uses)
-from popek/isa/spec.py and popek/isa/state.py. The cdef exposes ``p32_run`` and everything in that header
-(every ``P32_*`` constant and the ``p32_*`` tables), so tests can compare what was compiled with Python's.
+from popek/isa/spec.py and popek/isa/state.py. The cdef exposes ``p32_run``, ``p32_run_console``, ``p32_run_vm``
+and everything in that header (every ``P32_*`` constant and the ``p32_*`` tables), so tests can compare what was
+compiled with Python's.
 """
 
 from __future__ import annotations
@@ -45,7 +46,14 @@ def _generator() -> ModuleType:
 _gen = _generator()
 _gen.write_header(HERE / "p32_tables.h")
 
-CDEF = "int p32_run(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget);\n" + _gen.cdef()
+CDEF = (
+    "int p32_run(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget);\n"
+    "int p32_run_console(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget, uint8_t *console,"
+    " int64_t room, int64_t *nout);\n"
+    "int p32_run_vm(int64_t *v, int64_t *r, uint8_t *host_mem, int64_t host_memsize, int64_t offset,"
+    " int64_t memsize, int64_t budget, int64_t flags, int hybrid, int64_t *cnt, uint8_t *console, int64_t room);\n"
+    + _gen.cdef()
+)
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)

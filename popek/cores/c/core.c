@@ -218,7 +218,10 @@ static inline int64_t pv_expired(const int64_t *state, uint8_t *mem, int64_t psw
     return pv_ie(state, mem, psw);
 }
 
-int p32_run(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget)
+/* The core.  `out` to the console port retires inside the call while the console buffer has room (the byte
+ * goes to console[*nout], as the host would have written it); every other port, and console input, exit. */
+static int run(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget, uint8_t *console, int64_t room,
+               int64_t *nout)
 {
 #ifdef P32_COMPUTED_GOTO
 #pragma GCC diagnostic push
@@ -526,6 +529,10 @@ next:
         state[P32_IO_WRITE] = 1;
         state[P32_IO_VALUE] = r[RA];
         state[P32_IO_REG] = 0;
+        if (IMM == P32_CONSOLE_PORT && *nout < room) { /* the console write the host would make; it retires */
+            console[(*nout)++] = (uint8_t)r[RA];
+            RETIRE_NEXT();
+        }
         rc = P32_EXIT_IO;
         goto out;
     }
@@ -719,4 +726,131 @@ out:
     state[P32_PENDING] = pending;
     state[P32_STEPS] += ret + (budget - bstop);
     return rc;
+}
+
+int p32_run(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget)
+{
+    int64_t none = 0;
+    return run(state, mem, memsize, budget, 0, 0, &none);
+}
+
+int p32_run_console(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget, uint8_t *console, int64_t room,
+                    int64_t *nout)
+{
+    return run(state, mem, memsize, budget, console, room, nout);
+}
+
+/* The VM-exit loop of the direct-execution monitors (popek/cores/vmexit.py is the same loop for the JIT core,
+ * and says what it does; DirectExecution.run_direct and handle_exit in popek/vmm/monitors/base.py are its
+ * specification).  The virtual CPU's privileged instruction is emulated by this core run on the virtual CPU
+ * for one step, over the VM's slice only. */
+static void enter_trap(int64_t *v, int64_t memsize, int64_t cause, int64_t info) /* state.enter_trap, a step */
+{
+    v[P32_EPC] = v[P32_PC] & 0xFFFFFFFFu;
+    v[P32_EPSW] = v[P32_PSW];
+    v[P32_EBASE] = v[P32_BASE];
+    v[P32_EBOUND] = v[P32_BOUND];
+    v[P32_CAUSE] = cause;
+    v[P32_BADADDR] = info & 0xFFFFFFFFu;
+    v[P32_PSW] = P32_PSW_S;
+    v[P32_BASE] = 0;
+    v[P32_BOUND] = memsize;
+    v[P32_PC] = v[P32_IVT];
+    v[P32_STEPS]++;
+}
+
+int p32_run_vm(int64_t *v, int64_t *r, uint8_t *host_mem, int64_t host_memsize, int64_t offset, int64_t memsize,
+               int64_t budget, int64_t flags, int hybrid, int64_t *cnt, uint8_t *console, int64_t room)
+{
+    const int64_t start = v[P32_STEPS];
+    int64_t none = 0;
+    if (offset < 0 || memsize < 0 || offset > host_memsize - memsize) { /* never from the monitors */
+        cnt[P32_CNT_CODE] = P32_EXIT_ERROR;
+        return P32_VMX_CORE;
+    }
+    for (;;) {
+        int64_t done = v[P32_STEPS] - start, timer, b, cycle0, retired, cause, mark, space;
+        int code, i;
+        if (done >= budget)
+            return P32_VMX_BUDGET;
+        if (hybrid && (v[P32_PSW] & P32_PSW_S))
+            return P32_VMX_SUPERVISOR; /* the monitor interprets the guest kernel */
+        if (v[P32_PSW] & P32_PSW_IE) { /* a due virtual interrupt (VM.inject) */
+            if (v[P32_PENDING] & P32_PEND_TIMER) {
+                enter_trap(v, memsize, P32_TIMER_IRQ, 0);
+                cnt[P32_CNT_INJECTED]++;
+                continue;
+            }
+            if (v[P32_PENDING] & P32_PEND_DEVICE) {
+                enter_trap(v, memsize, P32_DEVICE_IRQ, v[P32_DEVNUM]);
+                cnt[P32_CNT_INJECTED]++;
+                continue;
+            }
+        }
+        /* load the real CPU (VM.load_real_state) */
+        for (i = P32_R0; i <= P32_PC; i++)
+            r[i] = v[i];
+        space = memsize - v[P32_BASE];
+        if (space > 0) { /* the guest's own R, further confined to its slice of host memory */
+            r[P32_BASE] = offset + v[P32_BASE];
+            r[P32_BOUND] = v[P32_BOUND] < space ? v[P32_BOUND] : space;
+        } else {
+            r[P32_BASE] = offset;
+            r[P32_BOUND] = 0;
+        }
+        r[P32_PSW] = v[P32_PSW] & P32_PSW_IE; /* real user mode; IE mirrors the guest's own */
+        r[P32_TIMER] = 0;
+        r[P32_PENDING] = 0;
+        r[P32_FLAGS] = flags;
+        timer = v[P32_TIMER];
+        b = budget - done;
+        if (timer != 0 && timer < b)
+            b = timer; /* stop exactly where the virtual timer expires */
+        cycle0 = r[P32_CYCLE];
+        code = run(r, host_mem, host_memsize, b, 0, 0, &none);
+        /* save it back (VM.save_real_state) */
+        for (i = P32_R0; i <= P32_PC; i++)
+            v[i] = r[i];
+        retired = r[P32_CYCLE] - cycle0;
+        v[P32_CYCLE] += retired;
+        v[P32_STEPS] += retired;
+        if (timer != 0) {
+            int64_t left = timer - retired > 0 ? timer - retired : 0; /* never run past the expiry */
+            v[P32_TIMER] = left;
+            if (left == 0)
+                v[P32_PENDING] |= P32_PEND_TIMER;
+        }
+        if (code == P32_EXIT_BUDGET || code == P32_EXIT_HALT) {
+            if (timer != 0 && v[P32_TIMER] == 0)
+                cnt[P32_CNT_TIMER]++; /* the virtual timer expired: the core stopped for it */
+            if (code == P32_EXIT_HALT) {
+                v[P32_STATUS] = r[P32_STATUS];
+                return P32_VMX_HALT;
+            }
+            continue;
+        }
+        if (code != P32_EXIT_TRAP) {
+            cnt[P32_CNT_CODE] = code;
+            return P32_VMX_CORE;
+        }
+        /* a trap (DirectExecution.handle_exit) */
+        cause = r[P32_XCAUSE];
+        cnt[P32_CNT_CAUSE + (cause < 0 ? 0 : cause < P32_CNT_CAUSES ? cause : P32_CNT_CAUSES - 1)]++;
+        if (cause == P32_TIMER_IRQ || cause == P32_DEVICE_IRQ) { /* a real interrupt the guest cannot own */
+            r[P32_PENDING] = 0;
+            continue;
+        }
+        if (cause == P32_PRIV && (v[P32_PSW] & P32_PSW_S)) { /* the guest kernel's privileged instruction */
+            mark = v[P32_STEPS];
+            code = run(v, host_mem + offset, memsize, 1, console, room, &cnt[P32_CNT_CONSOLE]);
+            cnt[P32_CNT_EMULATED] += v[P32_STEPS] - mark;
+            if (code != P32_EXIT_BUDGET) {
+                cnt[P32_CNT_CODE] = code;
+                return P32_VMX_VIRTUAL;
+            }
+            continue;
+        }
+        enter_trap(v, memsize, cause, r[P32_XINFO]); /* the guest's own trap: reflect it into its kernel */
+        cnt[P32_CNT_REFLECTED]++;
+    }
 }

@@ -13,5 +13,11 @@
 
 /* Run at most `budget` steps of the machine in state/mem (memsize bytes); return the exit code. */
 int p32_run(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget);
+/* p32_run, with console output into console[*nout..room) while there is room instead of an exit per byte. */
+int p32_run_console(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget, uint8_t *console, int64_t room,
+                    int64_t *nout);
+/* The VM-exit loop of the direct-execution monitors (core.c); returns a P32_VMX_* code. */
+int p32_run_vm(int64_t *v, int64_t *r, uint8_t *host_mem, int64_t host_memsize, int64_t offset, int64_t memsize,
+               int64_t budget, int64_t flags, int hybrid, int64_t *cnt, uint8_t *console, int64_t room);
 
 #endif

@@ -68,10 +68,30 @@ def _opcode_constants() -> dict[str, int]:
     return {f"OP_{insn.mnemonic.upper()}": insn.opcode for insn in spec.INSNS}
 
 
+# The compiled VM-exit loop of the direct-execution monitors (popek/cores/vmexit.py for the JIT core,
+# p32_run_vm in core.c for the C core): what it returns, and the counters it fills for the monitor.
+VM_LOOP = {
+    "VMX_BUDGET": 0,  # the budget is spent
+    "VMX_HALT": 1,  # the guest halted on the core (its status is in the virtual CPU)
+    "VMX_CORE": 2,  # the core exited for the monitor with the code in CNT_CODE (rstate as the core left it)
+    "VMX_VIRTUAL": 3,  # a step of the virtual CPU stopped with the code in CNT_CODE (port I/O, halt, idle)
+    "VMX_SUPERVISOR": 4,  # hybrid: the guest is in virtual supervisor mode, for the monitor to interpret
+    "CNT_CAUSE": 0,  # EXIT_TRAP exits by cause: CNT_CAUSE + cause (causes above CNT_CAUSES - 1 share the last)
+    "CNT_CAUSES": 32,
+    "CNT_TIMER": 32,  # virtual timer expiries the core stopped for
+    "CNT_EMULATED": 33,  # guest steps run in software on the virtual CPU
+    "CNT_REFLECTED": 34,  # traps reflected into the guest kernel
+    "CNT_INJECTED": 35,  # virtual interrupts delivered
+    "CNT_CODE": 36,  # with VMX_CORE and VMX_VIRTUAL: the exit code to finish
+    "CNT_CONSOLE": 37,  # console bytes written into the buffer (the monitor appends them to the console)
+    "NCOUNTERS": 40,
+}
+
+
 def constants() -> dict[str, int]:
     """Every constant the header defines, by its C name (``P32_...``), in header order."""
     out: dict[str, int] = {}
-    for group in (_state_constants(), _int_constants(spec), _profile_key_constants(), _opcode_constants()):
+    for group in (_state_constants(), _int_constants(spec), _profile_key_constants(), _opcode_constants(), VM_LOOP):
         for name, value in group.items():
             if f"P32_{name}" in out:
                 raise ValueError(f"P32_{name} is defined twice")
@@ -162,6 +182,9 @@ def header_text() -> str:
         "",
         "/* Opcodes (spec.INSNS). */",
         *_defines(_opcode_constants(), hexadecimal=True),
+        "",
+        "/* The VM-exit loop of the direct-execution monitors (gen_tables.VM_LOOP): results and counters. */",
+        *_defines(VM_LOOP),
         "",
         "/* Every instruction, as X(opcode, NAME), in table order. */",
         f"#define P32_OPS(X) \\\n    {ops}",

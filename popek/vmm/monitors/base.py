@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from popek.cores import CoreRun, get_core
+from popek.cores import CoreRun, ExitLoop, exit_loop, get_core, vmexit
 from popek.isa import state as S
 from popek.isa.spec import DEVICE_IRQ, PRIV, TIMER_IRQ, cause_name
 from popek.vmm.vm import VM, Stopwatch
@@ -30,9 +30,42 @@ class Monitor:
 
 
 class DirectExecution(Monitor):
-    """Shared machinery of the monitors that run guest code directly on the core in real user mode."""
+    """Shared machinery of the monitors that run guest code directly on the core in real user mode.
+
+    The common exits (a privileged instruction of the guest kernel, a trap to reflect, a virtual interrupt,
+    the virtual timer, console output) are handled by a compiled loop next to the core where the core has one
+    (``popek.cores.exit_loop``), as a real hypervisor handles them in its kernel; ``run_direct`` and
+    ``handle_exit`` below are the same work in Python, its specification, and they handle the rare exits the
+    loop hands back. Set ``compiled_exits`` to False to run every exit through Python.
+    """
 
     flags = S.F_TRAPS_TO_HOST
+    compiled_exits = True
+
+    def exit_loop(self) -> ExitLoop | None:
+        """The compiled exit loop to run guests with, or None to handle every exit in Python."""
+        return exit_loop(self.core) if self.compiled_exits else None
+
+    def run_compiled(self, vm: VM, loop: ExitLoop, budget: int, hybrid: bool = False) -> int:
+        """Run the guest through the compiled exit loop until a rare exit, which is handled here; return steps."""
+        v = vm.vstate
+        start = v.item(S.STEPS)
+        kind = loop(v, vm.rstate, vm.host_mem, vm.offset, vm.memsize, budget, self.flags, hybrid, vm.counters,
+                    vm.console_out)  # fmt: skip
+        code = vm.take_counters()
+        if kind == vmexit.VMX_HALT:
+            vm.halted = True
+        elif kind != vmexit.VMX_BUDGET:
+            with Stopwatch(vm.stats):
+                if kind == vmexit.VMX_CORE:
+                    self.handle_exit(vm, code)
+                elif kind == vmexit.VMX_VIRTUAL:  # a step of the virtual CPU left its port I/O, halt or wfi
+                    mark = v.item(S.STEPS)
+                    vm.device_exit(code)
+                    vm.stats.emulated += v.item(S.STEPS) - mark
+                else:  # VMX_SUPERVISOR: the hybrid monitor interprets the guest kernel
+                    vm.emulate(budget - (v.item(S.STEPS) - start), until_user=True)
+        return v.item(S.STEPS) - start
 
     def run_direct(self, vm: VM, budget: int) -> int:
         """Deliver a due virtual interrupt or run the guest on the core until its next exit; return steps."""

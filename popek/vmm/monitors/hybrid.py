@@ -19,9 +19,11 @@ class Hybrid(DirectExecution):
 
     def run(self, vm: VM, budget: int) -> int:
         """Advance the guest by at most ``budget`` steps."""
-        done = 0
+        loop, done = self.exit_loop(), 0
         while done < budget and not vm.stopped:
-            if vm.supervisor:
+            if loop is not None:  # both modes in the compiled loop (the kernel on the emulator)
+                done += self.run_compiled(vm, loop, budget - done, hybrid=True)
+            elif vm.supervisor:
                 with Stopwatch(vm.stats):
                     done += vm.emulate(budget - done, until_user=True)
             else:

@@ -21,7 +21,10 @@ class TrapAndEmulate(DirectExecution):
 
     def run(self, vm: VM, budget: int) -> int:
         """Advance the guest by at most ``budget`` steps."""
-        done = 0
+        loop, done = self.exit_loop(), 0
         while done < budget and not vm.stopped:
-            done += self.run_direct(vm, budget - done)
+            if loop is not None:
+                done += self.run_compiled(vm, loop, budget - done)
+            else:
+                done += self.run_direct(vm, budget - done)
         return done
