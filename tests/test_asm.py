@@ -203,6 +203,32 @@ def test_include_loop_is_an_error(tmp_path: Path) -> None:
     assert errors('.include "missing.s"') == ["1:10: cannot find include file 'missing.s'"]
 
 
+def test_incbin_includes_a_files_bytes_and_an_assembled_sources_image(tmp_path: Path) -> None:
+    (tmp_path / "data.bin").write_bytes(b"abc")
+    (tmp_path / "guest.s").write_text("start: .word start + 1\n.ifdef TWO\n.word TWO\n.endif\n")
+    (tmp_path / "main.s").write_text('.word 9\nimg: .incbin "guest.s", "TWO=5", ""\n.incbin "data.bin"\nend:\n')
+    program = assemble_file(tmp_path / "main.s")
+    # The source is assembled on its own at address 0 (its label is 0 there, not 4), with its own symbols.
+    assert program.image == b"".join(i.to_bytes(4, "little") for i in (9, 1, 5)) + b"abc"
+    assert program.symbols == {"img": 4, "end": 15}
+
+
+def test_incbin_errors_name_the_line(tmp_path: Path) -> None:
+    (tmp_path / "self.s").write_text('.incbin "self.s", "X"\n')
+    (tmp_path / "broken.s").write_text("nop\nbogus r1\n")
+    (tmp_path / "main.s").write_text('.incbin "self.s"\n.incbin "broken.s"\n.incbin "none.s"\n.incbin "self.s", "1x"\n')
+    with pytest.raises(AsmError) as exc:
+        assemble_file(tmp_path / "main.s")
+    found = [(Path(d.filename).name, d.line, d.message) for d in exc.value.diagnostics]
+    # main.s includes self.s with X, which includes itself with X again: a loop, not an endless build.
+    assert found == [
+        ("self.s", 1, "'.incbin' loop: '" + str(tmp_path / "self.s") + "' includes its own image"),
+        ("broken.s", 2, "unknown instruction 'bogus'"),
+        ("main.s", 3, "cannot find file 'none.s'"),
+        ("main.s", 4, 'invalid define \'1x\' (expected "NAME" or "NAME=VALUE")'),
+    ]
+
+
 def test_unreadable_file() -> None:
     with pytest.raises(AsmError, match="cannot read file"):
         assemble_file("/nonexistent/prog.s")

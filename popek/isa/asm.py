@@ -14,15 +14,15 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 from popek.isa import spec
+from popek.isa.files import InputError, read_input
 
 MASK32 = 0xFFFFFFFF
 MAX_IMAGE = 16 << 20  # bytes: a larger image is surely a mistake (the machine has 1 MiB by default)
 MAX_NESTING = 40  # .include and macro expansions, together
-MAX_LINES = 500_000  # source lines read, counting every line of every expansion
+MAX_LINES = 2_000_000  # source lines read, counting every line of every expansion
 MAX_EXPR_NESTING = 150
 MAX_ERRORS = 100  # reading stops after this many errors
 MAX_NOTES = 4  # "in expansion of macro" notes shown per error
@@ -389,6 +389,7 @@ class _Assembler:
     def __init__(self, defines: dict[str, int], include_dirs: list[str]) -> None:
         self.diags: list[tuple[int, Diagnostic]] = []
         self.stmts: list[_Stmt] = []
+        self.defines0 = dict(defines)
         self.values: dict[str, int] = dict(defines)  # pass 1: every value known so far
         self.kinds: dict[str, str] = dict.fromkeys(defines, "equ")  # every symbol defined so far: label | equ
         self.label_at: dict[str, _Loc] = {}
@@ -401,6 +402,7 @@ class _Assembler:
         self.depth = self.lines = self.serial = self.pc = 0
         self.aborted = False
         self.pending: list[str] = []  # labels at the current address, before anything was emitted there
+        self.builds: list[tuple[str, tuple]] = []  # (source, defines) of the .incbin assemblies around this one
 
     def error(self, loc: _Loc, col: int, msg: str, seq: int | None = None) -> None:
         seq = len(self.stmts) if seq is None else seq
@@ -417,7 +419,8 @@ class _Assembler:
                 return
             self.lines += 1
             if self.lines > MAX_LINES:
-                self.error(loc, 0, f"more than {MAX_LINES} lines to assemble (runaway macro expansion?)")
+                why = "a macro that expands without end?" if loc.notes else "the source is too large"
+                self.error(loc, 0, f"more than {MAX_LINES} lines to assemble ({why})")
                 self.aborted = True
                 return
             m = _FIRST_WORD.match(loc.text)
@@ -655,6 +658,8 @@ class _Assembler:
                     raise _Fail(col, "expected a symbol name")
         elif name == ".include":
             self.include(loc, ops, end)
+        elif name == ".incbin":
+            self.incbin(loc, head, groups, end)
         elif name == ".error":
             if len(ops) != 1 or ops[0].kind != "str":
                 raise _Fail(head.col, "'.error' expects a message in double quotes")
@@ -666,16 +671,20 @@ class _Assembler:
         else:
             raise _Fail(head.col, f"unknown directive '{head.text}'")
 
-    def include(self, loc: _Loc, ops: list[_Tok], end: int) -> None:
-        if len(ops) != 1 or ops[0].kind != "str":
-            raise _Fail(ops[0].col if ops else end, "'.include' expects a file name in double quotes")
-        name = ops[0].value.decode("utf-8", "replace")
+    def find(self, loc: _Loc, tok: _Tok, what: str) -> str:
+        """The path of the file ``tok`` names: beside the file being read, then in the include directories."""
+        name = tok.value.decode("utf-8", "replace")
         here = "" if loc.file.startswith("<") else os.path.dirname(loc.file)
         found = [p for p in [os.path.join(here, name)] + [os.path.join(d, name) for d in self.include_dirs]
                  if name and os.path.isfile(p)]  # fmt: skip
         if not found:
-            raise _Fail(ops[0].col, f"cannot find include file '{name}'")
-        path = os.path.normpath(found[0])
+            raise _Fail(tok.col, f"cannot find {what} '{name}'")
+        return os.path.normpath(found[0])
+
+    def include(self, loc: _Loc, ops: list[_Tok], end: int) -> None:
+        if len(ops) != 1 or ops[0].kind != "str":
+            raise _Fail(ops[0].col if ops else end, "'.include' expects a file name in double quotes")
+        path = self.find(loc, ops[0], "include file")
         real = os.path.realpath(path)
         if real in (r for r, _ in self.files):
             chain = " -> ".join([shown for _, shown in self.files] + [path])
@@ -683,7 +692,9 @@ class _Assembler:
         if self.depth >= MAX_NESTING:
             raise _Fail(ops[0].col, f"includes and macros nested more than {MAX_NESTING} deep")
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_input(path).decode("utf-8")
+        except InputError as e:
+            raise _Fail(ops[0].col, f"cannot read {e}") from None
         except (OSError, UnicodeError) as e:
             raise _Fail(ops[0].col, f"cannot read '{path}': {getattr(e, 'strerror', None) or e}") from None
         self.files.append((real, path))
@@ -693,6 +704,59 @@ class _Assembler:
         finally:
             self.files.pop()
             self.depth -= 1
+
+    def incbin(self, loc: _Loc, head: _Tok, groups: list[tuple[list[_Tok], int]], end: int) -> None:
+        """``.incbin "file"``: a file's bytes; a source file (``.s``, ``.asm``) is first assembled on its own,
+        with the defines its further operands name (``"NAME"`` or ``"NAME=VALUE"``), and its image included."""
+        strings = [g[0] for g, _ in groups if len(g) == 1 and g[0].kind == "str"]
+        if not groups or len(strings) != len(groups):
+            raise _Fail(
+                head.col if not groups else groups[0][1], "'.incbin' expects file names and defines in double quotes"
+            )
+        path = self.find(loc, strings[0], "file")
+        if not path.lower().endswith((".s", ".asm")):
+            if len(strings) > 1:
+                raise _Fail(groups[1][1], "defines are for a source file (.s) only")
+            try:
+                data = read_input(path, MAX_IMAGE)
+            except InputError as e:
+                raise _Fail(strings[0].col, f"cannot read {e}") from None
+            except OSError as e:
+                raise _Fail(strings[0].col, f"cannot read '{path}': {e.strerror or e}") from None
+            return self.add("bytes", loc, len(data), data, head.col)
+        defines: dict[str, int] = {}
+        for tok in strings[1:]:
+            text = tok.value.decode("utf-8", "replace").strip()
+            if not text:
+                continue  # an empty define (a macro's default) names nothing
+            sym, eq, value = text.partition("=")
+            sym = sym.strip()
+            if not _IDENT.fullmatch(sym) or sym.lower() in REGISTERS:
+                raise _Fail(tok.col, f'invalid define \'{text}\' (expected "NAME" or "NAME=VALUE")')
+            try:
+                defines[sym] = int(value.strip(), 0) if eq else 1
+            except ValueError:
+                raise _Fail(tok.col, f"the value of define '{sym}' must be an integer") from None
+        key = (os.path.realpath(path), tuple(sorted(defines.items())))
+        if key in self.builds:
+            raise _Fail(strings[0].col, f"'.incbin' loop: '{path}' includes its own image")
+        if len(self.builds) >= MAX_NESTING:
+            raise _Fail(strings[0].col, f"'.incbin' of sources nested more than {MAX_NESTING} deep")
+        try:
+            text = read_input(path).decode("utf-8")
+        except InputError as e:
+            raise _Fail(strings[0].col, f"cannot read {e}") from None
+        except (OSError, UnicodeError) as e:
+            raise _Fail(strings[0].col, f"cannot read '{path}': {getattr(e, 'strerror', None) or e}") from None
+        sub = _Assembler(defines, self.include_dirs)
+        sub.builds = [*self.builds, key]
+        try:
+            data = sub.run(text, path).image
+        except AsmError as e:  # its errors are this program's errors, each at its own line
+            self.diags += [(len(self.stmts), d) for d in e.diagnostics]
+            self.aborted = self.aborted or len(self.diags) >= MAX_ERRORS
+            return None
+        self.add("bytes", loc, len(data), data, head.col)
 
     def expand(self, loc: _Loc, head: _Tok, ops: list[_Tok]) -> None:
         mac = self.macros[head.text.lower()]
@@ -890,6 +954,8 @@ class _Assembler:
     def run(self, source: str, filename: str) -> Program:
         if os.path.isfile(filename):
             self.files.append((os.path.realpath(filename), filename))
+            if not self.builds:  # the program itself, so that an .incbin of it with the same defines is a loop
+                self.builds = [(os.path.realpath(filename), tuple(sorted(self.defines0.items())))]
         self.frame(_lines(source, filename))
         self.resolve_forward()
         image, listing = bytearray(self.pc), []
@@ -931,7 +997,9 @@ def assemble_file(
 ) -> Program:
     """Assemble a source file (its .include paths are relative to it); raise AsmError on any error."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_input(path).decode("utf-8")
+    except InputError as e:
+        raise AsmError([Diagnostic(str(path), 0, 0, f"cannot read file: {e.reason}")]) from None
     except (OSError, UnicodeError) as e:
         reason = getattr(e, "strerror", None) or e
         raise AsmError([Diagnostic(str(path), 0, 0, f"cannot read file: {reason}")]) from None
