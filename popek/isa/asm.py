@@ -381,6 +381,16 @@ class _Macro:
     body: list[_Loc]
 
 
+def _read_source(path: str, col: int) -> str:
+    """The text of a source file that a directive at column ``col`` names; _Fail when it cannot be read."""
+    try:
+        return read_input(path).decode("utf-8")
+    except InputError as e:
+        raise _Fail(col, f"cannot read {e}") from None
+    except (OSError, UnicodeError) as e:
+        raise _Fail(col, f"cannot read '{path}': {getattr(e, 'strerror', None) or e}") from None
+
+
 def _lines(text: str, filename: str) -> list[_Loc]:
     return [_Loc(filename, i + 1, t.rstrip("\r")) for i, t in enumerate(text.split("\n"))]
 
@@ -691,12 +701,7 @@ class _Assembler:
             raise _Fail(ops[0].col, f"include loop: {chain}")
         if self.depth >= MAX_NESTING:
             raise _Fail(ops[0].col, f"includes and macros nested more than {MAX_NESTING} deep")
-        try:
-            text = read_input(path).decode("utf-8")
-        except InputError as e:
-            raise _Fail(ops[0].col, f"cannot read {e}") from None
-        except (OSError, UnicodeError) as e:
-            raise _Fail(ops[0].col, f"cannot read '{path}': {getattr(e, 'strerror', None) or e}") from None
+        text = _read_source(path, ops[0].col)
         self.files.append((real, path))
         self.depth += 1
         try:
@@ -742,12 +747,7 @@ class _Assembler:
             raise _Fail(strings[0].col, f"'.incbin' loop: '{path}' includes its own image")
         if len(self.builds) >= MAX_NESTING:
             raise _Fail(strings[0].col, f"'.incbin' of sources nested more than {MAX_NESTING} deep")
-        try:
-            text = read_input(path).decode("utf-8")
-        except InputError as e:
-            raise _Fail(strings[0].col, f"cannot read {e}") from None
-        except (OSError, UnicodeError) as e:
-            raise _Fail(strings[0].col, f"cannot read '{path}': {getattr(e, 'strerror', None) or e}") from None
+        text = _read_source(path, strings[0].col)
         sub = _Assembler(defines, self.include_dirs)
         sub.builds = [*self.builds, key]
         try:
