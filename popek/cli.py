@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from popek import guests
 from popek.cores import CORE_NAMES, CoreUnavailable, get_core
 from popek.isa import state as S
+from popek.isa.files import MAX_IMAGE_FILE, InputError, read_input
 from popek.isa.profiles import ProfileError, load_profile
 from popek.isa.spec import PSW_S, cause_name
 from popek.vmm.host import DEFAULT_CORE, DEFAULT_MEMSIZE, RunResult, parse_size
@@ -21,24 +21,43 @@ from popek.vmm.vm import VM
 
 EXIT_LIMIT = 124  # the guest did not halt within --max-steps
 EXIT_STUCK = 125  # the guest stopped in an endless wfi or the core failed
-PROGRAMS = guests.path("programs")
 
 
 class UsageError(Exception):
     """A mistake on the command line or in an input file: printed as one line, exit status 2."""
 
 
+def _input_file(path: str) -> Path:
+    """The path of an input file, which must exist and be a regular file (a usage error otherwise)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{path}: {'not a regular file' if p.exists() else 'no such file'}")
+    return p
+
+
 def load_program(path: str, defines: dict[str, int] | None = None) -> tuple[bytes, dict[str, int]]:
     """Read a guest: assemble a ``.s`` file, or read a flat binary image; return (image, symbols)."""
     from popek.isa.asm import assemble_file
 
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{path}: {'not a regular file' if p.exists() else 'no such file'}")
+    p = _input_file(path)
     if p.suffix.lower() in (".s", ".asm"):
         program = assemble_file(str(p), defines=defines)
         return program.image, program.symbols
-    return p.read_bytes(), {}
+    try:
+        return read_input(p, MAX_IMAGE_FILE), {}
+    except InputError as e:
+        raise UsageError(str(e)) from None
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def _defines(items: list[str]) -> dict[str, int]:
@@ -57,7 +76,7 @@ def cmd_asm(args: argparse.Namespace) -> int:
     """popek asm: assemble a source file into a flat image."""
     from popek.isa.asm import assemble_file
 
-    program = assemble_file(args.file, defines=_defines(args.define))
+    program = assemble_file(_input_file(args.file), defines=_defines(args.define))
     out = Path(args.output or Path(args.file).with_suffix(".bin"))
     out.write_bytes(program.image)
     if args.listing:
@@ -244,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     def machine_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--core", default=DEFAULT_CORE, choices=CORE_NAMES, help=f"default {DEFAULT_CORE}")
         sp.add_argument("--mem", default=str(DEFAULT_MEMSIZE), help="memory size per machine: 65536, 64K, 4M...")
-        sp.add_argument("--max-steps", type=int, default=100_000_000, help="stop a guest after this many steps")
+        sp.add_argument("--max-steps", type=_positive, default=100_000_000, help="stop a guest after this many steps")
         common(sp)
 
     r = sub.add_parser("run", help="run a guest program")
@@ -260,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("host", help="run several guests at once, GUEST[:MONITOR[:PROFILE]] each")
     h.add_argument("guests", nargs="+", metavar="GUEST[:MONITOR[:PROFILE]]")
-    h.add_argument("--slice", type=int, default=100_000, help="guest steps per scheduling slice")
+    h.add_argument("--slice", type=_positive, default=100_000, help="guest steps per scheduling slice")
     h.add_argument("--json", action="store_true", help="print one JSON object keyed by VM name")
     machine_options(h)
     h.set_defaults(fn=cmd_host)
@@ -326,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except MemoryError:  # a guest memory or an input larger than this machine can hold
+        print("popek: error: out of memory (try a smaller --mem, fewer guests or a smaller input)", file=sys.stderr)
+        return 2
     except OSError as e:  # an input that cannot be read, an output that cannot be written
         print(f"popek: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from popek.isa.files import InputError, read_input
 from popek.isa.spec import BEHAVIOUR_NAMES, BEHAVIOURS, CR_NAMES, EXECUTE, IGNORE, PROFILE_INDEX, PROFILE_KEYS, TRAP
 
 
@@ -42,6 +43,7 @@ def _x86like() -> Profile:
 
 
 BUILTIN = {"classic": _classic, "x86like": _x86like}
+MAX_EXTENDS = 64  # profiles in one extends chain: a deeper one is a mistake, not a design
 
 
 def apply_overrides(base: Profile, name: str, overrides: dict[str, str], where: str = "") -> Profile:
@@ -76,8 +78,14 @@ def load_profile(spec: str | Profile | None = None, _seen: tuple[str, ...] = ())
         raise ProfileError(f"unknown profile '{spec}' (built-in profiles: {', '.join(BUILTIN)}; or a .toml file)")
     if str(path.resolve()) in _seen:
         raise ProfileError(f"{spec}: profile extends itself")
+    if len(_seen) >= MAX_EXTENDS:
+        raise ProfileError(f"{spec}: 'extends' chain deeper than {MAX_EXTENDS} profiles")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_input(path).decode("utf-8"))
+    except InputError as e:
+        raise ProfileError(f"{spec}: cannot read profile: {e.reason}") from None
+    except UnicodeError:
+        raise ProfileError(f"{spec}: cannot read profile: not UTF-8 text") from None
     except OSError as e:
         raise ProfileError(f"{spec}: cannot read profile: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:

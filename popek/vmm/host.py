@@ -9,7 +9,9 @@ time only counts its own instructions).
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +20,7 @@ from popek.cores import CoreRun
 from popek.isa import state as S
 from popek.isa.devices import Message
 from popek.isa.profiles import Profile
-from popek.isa.spec import EXECUTE
+from popek.isa.spec import EXECUTE, cause_name
 from popek.vmm.monitors import get_monitor
 from popek.vmm.monitors.bare import Bare, StepHook
 from popek.vmm.monitors.base import DirectExecution, Monitor
@@ -26,11 +28,28 @@ from popek.vmm.vm import VM
 
 MONITOR_RESERVED = 64 * 1024
 DEFAULT_SLICE = 100_000
+SOLO_SLICE = 4_000_000  # steps a lone VM runs between two looks (about 5 ms on the JIT core)
+TRAP_LOOP_STEPS = 10_000  # a slice of at least this many steps that retired nothing is a trap loop
 DEFAULT_MEMSIZE = 1 << 20
 DEFAULT_CORE = "jit"
 DEFAULT_MAX_STEPS = 100_000_000
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
+
+
+def available_memory() -> int:
+    """Bytes of memory the host can still give its guests (MemAvailable; all of it where that is unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return 1 << 62  # nothing to go by: let the allocation itself decide
 
 
 def parse_size(text: str) -> int:
@@ -100,6 +119,12 @@ class Host:
         # The monitor region grows by what the monitors ask for (the rewriting monitor's shadow copies).
         areas = [-(-m.host_bytes(g.memsize) // 4) * 4 for m, g in zip(self.monitors, guests, strict=True)]
         total = MONITOR_RESERVED + sum(areas) + sum(g.memsize for g in guests)
+        room = available_memory()
+        if total > room:
+            raise ValueError(
+                f"the guests need {total / 2**20:,.0f} MiB of host memory, more than the {room / 2**20:,.0f} MiB "
+                "this machine has free; give them less --mem or run fewer at once"
+            )
         self.mem = np.zeros(total, dtype=np.uint8)
         self.vms: list[VM] = []
         area, offset = MONITOR_RESERVED, MONITOR_RESERVED + sum(areas)
@@ -111,6 +136,7 @@ class Host:
             area += size
             offset += g.memsize
         self.steps = [0] * len(guests)
+        self.timed_out = False
         if len(self.vms) > 1:
             self._check_confinement()
 
@@ -124,11 +150,15 @@ class Host:
                     f"the '{mon.name}' monitor could not keep it inside its memory; run it under 'full' or alone"
                 )
 
-    def run(self, max_steps: int = DEFAULT_MAX_STEPS, slice_steps: int = DEFAULT_SLICE) -> list[RunResult]:
-        """Run every VM round-robin until all stop or each ran ``max_steps`` more steps; return their results."""
-        if len(self.vms) == 1:
-            slice_steps = max_steps  # nobody to share the machine with
+    def run(
+        self, max_steps: int = DEFAULT_MAX_STEPS, slice_steps: int = DEFAULT_SLICE, timeout: float | None = None
+    ) -> list[RunResult]:
+        """Run every VM round-robin until all stop, each ran ``max_steps`` more steps or ``timeout`` seconds
+        passed; return their results."""
+        solo = len(self.vms) == 1  # nobody to share the machine with: slices grow, to look early and then rarely
+        deadline = None if timeout is None else time.monotonic() + timeout
         self.steps = [0] * len(self.vms)  # steps of this call: a later call may run each VM as far again
+        self.timed_out = False
         while True:
             progressed = False
             for i, (vm, mon) in enumerate(zip(self.vms, self.monitors, strict=True)):
@@ -136,9 +166,22 @@ class Host:
                     vm.nic.poll()  # the card looks at its rings between two of the VM's time slices
                 if vm.stopped or self.steps[i] >= max_steps:
                     continue
-                self.steps[i] += mon.run(vm, min(slice_steps, max_steps - self.steps[i]))
+                cycle = int(vm.vstate[S.CYCLE])
+                ran = mon.run(vm, min(slice_steps, max_steps - self.steps[i]))
+                self.steps[i] += ran
+                if ran >= TRAP_LOOP_STEPS and int(vm.vstate[S.CYCLE]) == cycle and not vm.stopped:
+                    v = vm.vstate
+                    vm.error = (
+                        f"trap loop at pc {int(v[S.EPC]):#010x}, cause {cause_name(int(v[S.CAUSE]))}: "
+                        f"{ran} traps taken and not one instruction retired"
+                    )
                 progressed = True
             if not progressed:
+                break
+            if solo:
+                slice_steps = min(2 * slice_steps, SOLO_SLICE)
+            if deadline is not None and time.monotonic() > deadline:
+                self.timed_out = True
                 break
         return [self.result(i) for i in range(len(self.vms))]
 
@@ -165,9 +208,12 @@ class Host:
         if vm.halted:
             exit_name, message = "halt", ""
         elif vm.error:
-            exit_name, message = "idle" if "wfi" in vm.error else "error", vm.error
+            kind = "trap-loop" if vm.error.startswith("trap loop") else "idle" if "wfi" in vm.error else "error"
+            exit_name, message = kind, vm.error
         elif vm.waiting:
             exit_name, message = "idle", f"waiting in wfi at {int(v[S.PC]):#010x} for a message on the network card"
+        elif self.timed_out:
+            exit_name, message = "timeout", f"stopped after {self.steps[i]} steps by the time limit (see --timeout)"
         else:
             exit_name, message = "limit", f"stopped after {self.steps[i]} steps (the step limit; see --max-steps)"
         stats = {"monitor": self.monitors[i].name, "cycle": int(v[S.CYCLE]), **vm.stats.as_dict()}
