@@ -79,8 +79,9 @@ class RunResult:
 
     def to_json(self) -> dict:
         """The JSON object of ``popek run --json``."""
-        return {"console": self.console, "status": self.status, "steps": self.steps, "halted": self.halted,
-                "regs": self.regs, "pc": self.pc, "stats": self.stats}  # fmt: skip
+        return {"exit": self.exit, "message": self.message, "console": self.console, "status": self.status,
+                "steps": self.steps, "halted": self.halted, "regs": self.regs, "pc": self.pc,
+                "stats": self.stats}  # fmt: skip
 
 
 @dataclass

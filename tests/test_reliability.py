@@ -1,0 +1,98 @@
+"""Bad input and hostile guests end in a prompt, clear, bounded result: an error message and an exit status,
+never a traceback, a hang or a host that runs out of memory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from popek.cli import main as popek
+from popek.isa.asm import assemble_file
+from popek.isa.files import MAX_SOURCE
+from popek.vmm.host import GuestSpec, Host, available_memory
+
+GUESTS = Path(__file__).resolve().parent.parent / "guests"
+HELLO = str(GUESTS / "programs" / "hello.s")
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    try:
+        code = popek(args)
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", ["asm", "run", "disasm"])
+def test_a_device_or_a_folder_is_not_read_as_input(command: str, capsys: pytest.CaptureFixture) -> None:
+    for path in ("/dev/zero", str(GUESTS)):
+        code, _, err = run_cli([command, path], capsys)
+        assert code == 2 and "not a regular file" in err
+
+
+def test_a_missing_file_is_a_usage_error_for_every_command(capsys: pytest.CaptureFixture) -> None:
+    for command in ("asm", "run", "disasm"):
+        code, _, err = run_cli([command, "/no/such/file.s"], capsys)
+        assert code == 2 and "no such file" in err
+
+
+def test_a_source_larger_than_any_real_one_is_refused_without_reading_it_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    big = tmp_path / "big.s"
+    with big.open("wb") as f:
+        f.truncate(MAX_SOURCE + 1)  # sparse: costs no disk
+    code, _, err = run_cli(["asm", str(big)], capsys)
+    assert code == 1 and "more than" in err and "MiB" in err
+
+
+def test_a_deep_extends_chain_is_an_error_not_a_recursion_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for i in range(300):
+        parent = f"p{i + 1}.toml" if i < 299 else "classic"
+        (tmp_path / f"p{i}.toml").write_text(f'extends = "{parent}"\n')
+    code, _, err = run_cli(["run", HELLO, "--profile", str(tmp_path / "p0.toml")], capsys)
+    assert code == 2 and "chain deeper than" in err
+
+
+@pytest.mark.parametrize(
+    "args", [["run", HELLO, "--max-steps", "-1"], ["run", HELLO, "--max-steps", "0"], ["host", HELLO, "--slice", "0"]]
+)
+def test_limits_must_be_positive(args: list[str], capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "must be at least 1" in err
+
+
+def test_guests_that_need_more_memory_than_the_machine_has_are_refused_before_allocating(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    count = available_memory() // (1 << 30) + 2
+    code, _, err = run_cli(["host", "--mem", "1G", *[HELLO] * count], capsys)
+    assert code == 2 and "host memory" in err
+
+
+@pytest.mark.parametrize("monitor", ["bare", "full", "trap", "hybrid", "rewrite"])
+def test_an_empty_image_is_reported_as_a_trap_loop_at_once(monitor: str) -> None:
+    result = Host([GuestSpec("empty", b"", monitor, "classic", 4096)]).run()[0]
+    assert result.exit == "trap-loop" and result.steps <= 100_000
+    assert "trap loop at pc 0x00000000, cause ILLEGAL" in result.message
+
+
+def test_a_trap_loop_beside_a_good_guest_leaves_it_its_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    code, out, _ = run_cli(["host", HELLO, f"{empty}:trap", "--json"], capsys)
+    results = json.loads(out)
+    assert code == 1 and results["hello-1"]["console"] == "Hello from P32!\n" and results["hello-1"]["exit"] == "halt"
+    assert results["empty-2"]["exit"] == "trap-loop" and "trap loop" in results["empty-2"]["message"]
+
+
+def test_a_spinning_guest_stops_at_the_time_limit() -> None:
+    spin = assemble_file(GUESTS / "demos" / "spin.s").image
+    host = Host([GuestSpec("spin", spin, "trap", "classic", 4096)])
+    result = host.run(max_steps=10**12, timeout=0.2)[0]
+    assert result.exit == "timeout" and not result.halted and result.steps > 0
