@@ -22,7 +22,7 @@ class OptionalBuildExt(build_ext):
         except Exception as e:  # no compiler, compile or link error, missing Python headers ...
             self._skip(e)
 
-    def build_extension(self, ext) -> None:  # noqa: ANN001 - setuptools' Extension
+    def build_extension(self, ext) -> None:
         """Build one extension; on failure warn and leave it out."""
         try:
             super().build_extension(ext)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from popek.cores import jit, reference
+from popek.cores import jit, numba_cache, reference
 from popek.cores.c import gen_tables
 from popek.isa import spec
 from popek.isa import state as S
@@ -334,16 +334,16 @@ def test_host_action_is_shared_with_other_core_tests() -> None:
 
 def test_cache_dir_fallbacks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Numba's own cache places first; a popek directory when neither is writable; no cache when nothing is."""
-    monkeypatch.setattr(jit.numba.config, "CACHE_DIR", "")
-    monkeypatch.setattr(jit, "_writable", lambda path: True)
-    assert jit._fallback_cache_dir() is None  # the package's __pycache__
+    monkeypatch.setattr(numba_cache.numba.config, "CACHE_DIR", "")
+    monkeypatch.setattr(numba_cache, "writable", lambda path: True)
+    assert numba_cache.fallback_cache_dir() is None  # the package's __pycache__
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(jit, "_writable", lambda path: path.startswith(str(tmp_path / "popek")))
-    assert jit._fallback_cache_dir() == str(tmp_path / "popek" / "numba")
-    monkeypatch.setattr(jit, "_writable", lambda path: False)
-    assert jit._fallback_cache_dir() == ""
-    monkeypatch.setattr(jit.numba.config, "CACHE_DIR", str(tmp_path))
-    assert jit._fallback_cache_dir() is None  # NUMBA_CACHE_DIR set: Numba uses it
+    monkeypatch.setattr(numba_cache, "writable", lambda path: path.startswith(str(tmp_path / "popek")))
+    assert numba_cache.fallback_cache_dir() == str(tmp_path / "popek" / "numba")
+    monkeypatch.setattr(numba_cache, "writable", lambda path: False)
+    assert numba_cache.fallback_cache_dir() == ""
+    monkeypatch.setattr(numba_cache.numba.config, "CACHE_DIR", str(tmp_path))
+    assert numba_cache.fallback_cache_dir() is None  # NUMBA_CACHE_DIR set: Numba uses it
 
 
 def test_a_changed_dependency_drops_the_cache(tmp_path: Path) -> None:
@@ -360,10 +360,10 @@ def test_a_changed_dependency_drops_the_cache(tmp_path: Path) -> None:
     dependency = tmp_path / "dependency.py"
     dependency.write_text("A = 1\n")
     module = SimpleNamespace(__file__=str(dependency))
-    assert jit._drop_stale_cache([function], (module,))  # no digest recorded yet
-    assert not jit._drop_stale_cache([function], (module,))
+    assert numba_cache.drop_stale_cache([function], (module,), "jit")  # no digest recorded yet
+    assert not numba_cache.drop_stale_cache([function], (module,), "jit")
     dependency.write_text("A = 2\n")
-    assert jit._drop_stale_cache([function], (module,)) and len(flushed) == 2
+    assert numba_cache.drop_stale_cache([function], (module,), "jit") and len(flushed) == 2
 
 
 def test_the_core_records_what_its_cache_was_built_from() -> None:

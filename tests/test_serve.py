@@ -87,7 +87,7 @@ def wait_outstanding(url: str, vm: str, n: int = 1, limit: float = 30) -> None:
 
 
 @contextmanager
-def in_background(fn, *args):  # noqa: ANN001, ANN202 - a test helper
+def in_background(fn, *args):
     """Run ``fn(*args)`` in a thread; yield a list that holds its result once joined."""
     out: list = []
     t = threading.Thread(target=lambda: out.append(fn(*args)), daemon=True)
@@ -120,13 +120,13 @@ CLUSTER = [
 
 
 @pytest.fixture(scope="module")
-def url():  # noqa: ANN201
+def url():
     with BackgroundServer(config(CLUSTER)) as server:
         yield server.url
 
 
 @pytest.fixture
-def client(url: str):  # noqa: ANN201
+def client(url: str):
     c = Client(url)
     yield c
     c.close()

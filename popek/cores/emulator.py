@@ -74,18 +74,18 @@ CR_OPERAND = np.array(_TABLES["cr_operand"], dtype=np.int64)  # the immediate na
 _COMPILED: list = []  # every function compiled here, for numba_cache.drop_stale_cache
 
 
-def _compiled(fn):  # noqa: ANN001, ANN202
+def _compiled(fn):
     return numba_cache.cached_njit(fn, _COMPILED)
 
 
 @_compiled
-def _signed(x):  # noqa: ANN001, ANN202
+def _signed(x):
     """A 32-bit value as a signed number."""
     return (x ^ 0x80000000) - 0x80000000
 
 
 @_compiled
-def _load(mem, pa, n):  # noqa: ANN001, ANN202
+def _load(mem, pa, n):
     """The little-endian value of ``n`` (1 or 4) bytes at physical address ``pa``."""
     if n == 1:
         return np.int64(mem[pa])
@@ -93,14 +93,14 @@ def _load(mem, pa, n):  # noqa: ANN001, ANN202
 
 
 @_compiled
-def _store(mem, pa, n, value):  # noqa: ANN001, ANN202
+def _store(mem, pa, n, value):
     """Write the low ``n`` (1 or 4) bytes of ``value`` at physical address ``pa``, little-endian."""
     for i in range(n):
         mem[pa + i] = (value >> (8 * i)) & 0xFF
 
 
 @_compiled
-def _fault(va, n, base, bound, memsize):  # noqa: ANN001, ANN202
+def _fault(va, n, base, bound, memsize):
     """The trap an access of ``n`` bytes at ``va`` raises (ISA §2: ALIGN, then MEM), or 0 when it is allowed."""
     if n == 4 and va & 3:
         return ALIGN

@@ -24,29 +24,23 @@ it is written for speed:
 System instructions are decoded through per-opcode tables (must-be-zero bits, profile key, control-register
 operand) that ``popek/cores/c/gen_tables.py`` derives from the instruction table for the C core as well.
 
-Numba keys its on-disk cache on this file alone; ``_drop_stale_cache`` also drops it when a file compiled
-into it (``threaded.py``, ``popek/isa/spec.py``, ``popek/isa/state.py``, ``popek/cores/c/gen_tables.py``) has
-changed.
+Numba keys its on-disk cache on this file alone; ``numba_cache.drop_stale_cache`` also drops it when a file
+compiled into it (``threaded.py``, ``popek/isa/spec.py``, ``popek/isa/state.py``, ``popek/cores/c/gen_tables.py``)
+has changed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
 
-from popek.cores import threaded
+from popek.cores import numba_cache, threaded
 from popek.cores.c import gen_tables
 from popek.cores.threaded import SYSTEM_MARK, fast_loop, fast_loop_rw
 from popek.isa import spec
@@ -87,88 +81,14 @@ RW_RETIRE, RW_CALL_OUT = -1, -2  # what _rw_twin tells run to do (else: the caus
 MAX_BUDGET = 1 << 62  # more steps than any run can take; keeps the step arithmetic far from overflow
 
 
-# --- Numba's on-disk cache -------------------------------------------------------------------------------
-# Numba keeps compiled code in the package's __pycache__ when it can write there, else in its user-wide
-# cache (~/.cache/numba).  When neither is writable (a read-only install with a read-only or absent home),
-# Numba would refuse to cache at all and fail at import, so we then point it at a directory of our own.
-
-
-def _writable(path: str) -> bool:
-    try:
-        os.makedirs(path, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-    except OSError:
-        return False
-    return True
-
-
-def _fallback_cache_dir() -> str | None:
-    """A user cache directory for compiled code, used when Numba's own choices are not writable."""
-    from numba.misc.appdirs import AppDirs
-
-    if numba.config.CACHE_DIR:
-        return None  # NUMBA_CACHE_DIR is set: the user chose
-    if _writable(os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")):
-        return None
-    if _writable(AppDirs(appname="numba", appauthor=False).user_cache_dir):
-        return None
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    candidates = [os.path.join(xdg, "popek", "numba")]
-    with contextlib.suppress(OSError):  # gettempdir raises when no temporary directory is usable
-        user = os.getuid() if hasattr(os, "getuid") else "user"
-        candidates.append(os.path.join(tempfile.gettempdir(), f"popek-numba-{user}"))
-    for candidate in candidates:
-        if _writable(candidate):
-            return candidate
-    return ""  # nowhere to write: compile without caching
-
-
-@contextlib.contextmanager
-def _cache_dir(path: str | None) -> Iterator[None]:
-    """Make Numba choose ``path`` as the cache directory for functions decorated inside this block."""
-    old = numba.config.CACHE_DIR
-    if path:
-        numba.config.CACHE_DIR = path
-    try:
-        yield
-    finally:
-        numba.config.CACHE_DIR = old
-
-
-_CACHE_DIR = _fallback_cache_dir()
-
-
-_COMPILED: list = []  # every function compiled here, for _drop_stale_cache
+# --- Numba's on-disk cache (popek/cores/numba_cache.py: where it is kept, and dropping it when a file
+# compiled in changes; the marker keeps the name "jit", so caches written before stay valid) -------------
+_COMPILED: list = []  # every function compiled here, for numba_cache.drop_stale_cache
 
 
 def _compiled(fn: Callable) -> Callable:
-    """``njit`` with the on-disk cache (in the directory chosen above), releasing the GIL while it runs."""
-    with _cache_dir(_CACHE_DIR):
-        dispatcher = njit(cache=_CACHE_DIR != "", nogil=True)(fn)
-    _COMPILED.append(dispatcher)
-    return dispatcher
-
-
-def _drop_stale_cache(dispatchers: list, dependencies: tuple) -> bool:
-    """Empty the functions' on-disk cache if the files compiled into them changed; True if it did.
-
-    Numba compares the cached code with the file that defines a function, not with the modules it takes
-    code or constants from; a digest of those, kept beside the cache, catches a change there.
-    """
-    caches = [getattr(d, "_cache", None) for d in dispatchers]
-    caches = [c for c in caches if isinstance(getattr(c, "cache_path", None), str)]
-    if not caches or not os.path.isdir(caches[0].cache_path):
-        return False
-    digest = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in dependencies)).hexdigest()
-    marker = Path(caches[0].cache_path) / "jit.dependencies"
-    with contextlib.suppress(OSError):
-        if marker.read_text() == digest:
-            return False
-    with contextlib.suppress(OSError):
-        for cache in caches:
-            cache.flush()
-        marker.write_text(digest)
-    return True
+    """``njit`` with the on-disk cache, releasing the GIL while it runs."""
+    return numba_cache.cached_njit(fn, _COMPILED)
 
 
 # --- unaligned little-endian word access -------------------------------------------------------------
@@ -179,16 +99,16 @@ def _drop_stale_cache(dispatchers: list, dependencies: tuple) -> bool:
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
-def _word_ptr(context, builder, aryty, ary, idx):  # noqa: ANN001, ANN202
+def _word_ptr(context, builder, aryty, ary, idx):
     data = context.make_array(aryty)(context, builder, ary).data
     return builder.bitcast(builder.gep(data, [idx]), ir.IntType(32).as_pointer())
 
 
 @intrinsic
-def _load32(typingctx, arr, idx):  # noqa: ANN001, ANN202
+def _load32(typingctx, arr, idx):
     """``mem[idx:idx+4]`` as a little-endian unsigned word (int64); no bounds check."""
 
-    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+    def codegen(context, builder, sig, args):
         v = builder.load(_word_ptr(context, builder, sig.args[0], args[0], args[1]), align=1)
         return builder.zext(builder.bswap(v) if _BIG_ENDIAN else v, ir.IntType(64))
 
@@ -196,10 +116,10 @@ def _load32(typingctx, arr, idx):  # noqa: ANN001, ANN202
 
 
 @intrinsic
-def _store32(typingctx, arr, idx, val):  # noqa: ANN001, ANN202
+def _store32(typingctx, arr, idx, val):
     """Store the low 32 bits of ``val`` little-endian at ``mem[idx:idx+4]``; no bounds check."""
 
-    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+    def codegen(context, builder, sig, args):
         v = builder.trunc(args[2], ir.IntType(32))
         builder.store(
             builder.bswap(v) if _BIG_ENDIAN else v, _word_ptr(context, builder, sig.args[0], args[0], args[1]), align=1
@@ -210,7 +130,7 @@ def _store32(typingctx, arr, idx, val):  # noqa: ANN001, ANN202
 
 
 @_compiled
-def _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead):  # noqa: ANN001, ANN202
+def _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead):
     """Write the lazily kept time and pc back into ``state`` before the core returns."""
     if tact and r == tdead:  # the last retired instruction (halt) made the timer reach zero
         state[PENDING] |= 1
@@ -235,36 +155,36 @@ SH_CORE_BYTES, HC_IRET, HC_SET_TIMER, HC_FAST_LIMIT = S.SH_CORE_BYTES, S.HC_IRET
 
 
 @_compiled
-def _pv_active(state, memsize):  # noqa: ANN001, ANN202
+def _pv_active(state, memsize):
     sh = state[PV_SHARED]
     return (state[FLAGS] & F_PV) != 0 and sh >= 0 and (sh & 3) == 0 and sh <= memsize - SH_CORE_BYTES
 
 
 @_compiled
-def _pv_get(state, mem, offset):  # noqa: ANN001, ANN202
+def _pv_get(state, mem, offset):
     return _load32(mem, np.uint64(state[PV_SHARED] + offset))
 
 
 @_compiled
-def _pv_put(state, mem, offset, value):  # noqa: ANN001, ANN202
+def _pv_put(state, mem, offset, value):
     _store32(mem, np.uint64(state[PV_SHARED] + offset), value & M32)
 
 
 @_compiled
-def _pv_sync_ie(state, mem):  # noqa: ANN001, ANN202
+def _pv_sync_ie(state, mem):
     """IE <- the shared mask word is 0."""
     state[PSW] = (state[PSW] & 1) | (0 if _pv_get(state, mem, SH_MASK) else 2)
 
 
 @_compiled
-def _pv_expired(state, mem):  # noqa: ANN001, ANN202
+def _pv_expired(state, mem):
     """The timer just reached zero: set the shared pending word and sample the mask."""
     _pv_put(state, mem, SH_PENDING, 1)
     _pv_sync_ie(state, mem)
 
 
 @_compiled
-def _pv_enter(state, mem, pc, cause, info):  # noqa: ANN001, ANN202
+def _pv_enter(state, mem, pc, cause, info):
     """Deliver a trap or interrupt into the guest kernel: the frame to the shared area, then its context."""
     kbase = state[PV_KBASE] & M32
     epsw = (1 if state[PV_KMODE] != 0 else 0) | (0 if _pv_get(state, mem, SH_MASK) else 2)
@@ -287,7 +207,7 @@ def _pv_enter(state, mem, pc, cause, info):  # noqa: ANN001, ANN202
 
 
 @_compiled
-def _pv_iret(state, mem):  # noqa: ANN001, ANN202
+def _pv_iret(state, mem):
     """HC_IRET: psw, R (composed with the kernel's) and mask from the frame; returns the pc to go to."""
     epsw = _pv_get(state, mem, SH_EPSW)
     ebase = _pv_get(state, mem, SH_EBASE)
@@ -306,19 +226,19 @@ def _pv_iret(state, mem):  # noqa: ANN001, ANN202
 
 
 @_compiled
-def _fast_plain(state, mem, pc, r, stop, lim, base):  # noqa: ANN001, ANN202
+def _fast_plain(state, mem, pc, r, stop, lim, base):
     """The fast loop (popek/cores/threaded.py) without binary-rewriting support."""
     return fast_loop(state, mem, pc, r, stop, lim, base, base, np.int64(0))
 
 
 @_compiled
-def _fast_rw(state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN202
+def _fast_rw(state, mem, pc, r, stop, lim, base, fbase, rwd):
     """The fast loop with binary-rewriting support: fetches at ``fbase + pc``, stores mark the shadow copy."""
     return fast_loop_rw(state, mem, pc, r, stop, lim, base, fbase, rwd)
 
 
 @_compiled
-def _profile_slot(w):  # noqa: ANN001, ANN202
+def _profile_slot(w):
     """Decode the system instruction ``w``: the state slot of the profile key that decides it in user mode, or
     -1 when it is ILLEGAL (unknown opcode, stray bits, unknown control register) or has no profile key."""
     op = w >> 24
@@ -334,7 +254,7 @@ def _profile_slot(w):  # noqa: ANN001, ANN202
 
 
 @_compiled
-def _rw_twin(state, w, cycle):  # noqa: ANN001, ANN202
+def _rw_twin(state, w, cycle):
     """Binary-rewriting support: perform the twin ``w`` on the virtual CPU (reference.py, _rw_execute).
 
     ``cycle`` is the real cycle count before it.  Returns RW_RETIRE, RW_CALL_OUT, or the cause of the trap
@@ -381,7 +301,7 @@ def _rw_twin(state, w, cycle):  # noqa: ANN001, ANN202
 
 
 @_compiled
-def _run(state, mem, budget, out, nout):  # noqa: ANN001, ANN202
+def _run(state, mem, budget, out, nout):
     """Run at most ``budget`` steps; return (exit code, console bytes in ``out``, ``nout`` of them before).
 
     ``out`` to the console port retires inside the call while ``out`` has room, its byte stored at
@@ -627,7 +547,7 @@ def run_console(state: np.ndarray, mem: np.ndarray, budget: int, out: np.ndarray
 
 
 DEPENDENCIES = (threaded, spec, S, gen_tables)  # the modules whose code or constants are compiled in here
-_drop_stale_cache(_COMPILED, DEPENDENCIES)
+numba_cache.drop_stale_cache(_COMPILED, DEPENDENCIES, "jit")
 
 
 def warmup() -> float:

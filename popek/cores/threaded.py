@@ -38,7 +38,7 @@ from numba.extending import intrinsic
 from popek.isa import spec
 from popek.isa import state as S
 
-I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 SYSTEM_OPCODES = [insn.opcode for insn in spec.INSNS if insn.klass == spec.SYSTEM]  # run by the caller
 SYSTEM_MARK = min(SYSTEM_OPCODES)  # a returned cause at or above it is a system instruction's opcode, not a trap's
 assert SYSTEM_MARK > max(spec.CAUSE_NAMES)
@@ -93,7 +93,7 @@ def _c64(v: int) -> ir.Constant:
 class _Loop:
     """Emits the loop into the function that ``builder`` is positioned in."""
 
-    def __init__(self, context, builder: ir.IRBuilder, sig, args, rw: bool) -> None:  # noqa: ANN001
+    def __init__(self, context, builder: ir.IRBuilder, sig, args, rw: bool) -> None:
         self.b = builder
         self.rw = rw
         self.regs = context.make_array(sig.args[0])(context, builder, args[0]).data  # i64*
@@ -351,12 +351,12 @@ class _Loop:
                 jump.add_destination(blk)
 
 
-def _make(rw: bool):  # noqa: ANN202
+def _make(rw: bool):
     @intrinsic
-    def fast(typingctx, state, mem, pc, r, stop, lim, base, fbase, rwd):  # noqa: ANN001, ANN202
+    def fast(typingctx, state, mem, pc, r, stop, lim, base, fbase, rwd):
         sig = types.UniTuple(types.int64, 5)(state, mem, *(types.int64,) * 7)
 
-        def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        def codegen(context, builder, sig, args):
             out = _Loop(context, builder, sig, args, rw).emit()
             return context.make_tuple(builder, sig.return_type, out)
 

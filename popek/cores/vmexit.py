@@ -51,19 +51,19 @@ PRIV, TIMER_IRQ, DEVICE_IRQ = spec.PRIV, spec.TIMER_IRQ, spec.DEVICE_IRQ
 _COMPILED: list = []
 
 
-def _compiled(fn):  # noqa: ANN001, ANN202
+def _compiled(fn):
     return numba_cache.cached_njit(fn, _COMPILED)
 
 
 @_compiled
-def _enter_trap(v, memsize, cause, info):  # noqa: ANN001, ANN202
+def _enter_trap(v, memsize, cause, info):
     """state.enter_trap on the virtual CPU at its pc, counted as a step."""
     emulator.enter_vector(v, memsize, cause, info, v[PC])
     v[STEPS] += 1
 
 
 @_compiled
-def _run_vm(v, r, host_mem, offset, memsize, budget, flags, hybrid, cnt, console):  # noqa: ANN001, ANN202, PLR0913
+def _run_vm(v, r, host_mem, offset, memsize, budget, flags, hybrid, cnt, console):
     """Advance the VM by at most ``budget`` steps; return a VMX_* code (module docstring)."""
     vmem = host_mem[offset : offset + memsize]
     room = np.int64(console.shape[0])

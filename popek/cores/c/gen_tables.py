@@ -20,7 +20,7 @@ from types import ModuleType
 if __name__ == "__main__" and not __package__:  # run as a script: import popek from this tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from popek.isa import spec, state  # noqa: E402
+from popek.isa import spec, state
 
 HEADER = Path(__file__).resolve().with_name("p32_tables.h")
 NO_KEY = -1  # profile_key of an opcode that is not a system instruction with a profile key

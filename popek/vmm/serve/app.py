@@ -249,7 +249,7 @@ async def admin(request: web.Request) -> web.Response:
 
 # --- the application ------------------------------------------------------------------------------------------
 @web.middleware
-async def _errors(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001 - aiohttp's handler type
+async def _errors(request: web.Request, handler) -> web.StreamResponse:
     """Errors become one-line answers; anything unexpected is logged in one line and answered 500."""
     try:
         return await handler(request)
