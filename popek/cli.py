@@ -149,8 +149,32 @@ def run_guest(args: argparse.Namespace) -> RunResult:
     return host.run(args.max_steps)[0]
 
 
+def run_process_cmd(args: argparse.Namespace) -> int:
+    """popek run --process: run a user-mode program, its system calls served by the host (docs/abi.md)."""
+    from popek.vmm.process import run_process
+
+    if args.monitor != "bare" or args.trace:
+        raise UsageError("--process runs a user program with no kernel: it takes no --monitor or --trace")
+    image, _ = load_program(args.file, _defines(args.define))
+    console_input = args.input.encode() if args.input else b""
+    result = run_process(image, parse_size(args.mem), args.core, console_input, args.max_steps, profile=args.profile)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        sys.stdout.write(result.console)
+        sys.stdout.flush()
+    if result.message:
+        print(f"popek: {result.message}", file=sys.stderr)
+    if args.stats:
+        calls = ", ".join(f"{k} {v}" for k, v in sorted(result.syscalls.items())) or "none"
+        print(f"--- process: {result.steps} instructions, clock {result.clock}; system calls: {calls}", file=sys.stderr)
+    return EXIT_LIMIT if result.exit == "limit" else result.status & 0xFF
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """popek run: run a guest to halt and exit with its status."""
+    if args.process:
+        return run_process_cmd(args)
     t0 = time.perf_counter()
     result = run_guest(args)
     wall = time.perf_counter() - t0
@@ -274,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stats", action="store_true", help="print statistics to stderr")
     r.add_argument("--json", action="store_true", help="print one JSON object instead of the console")
     r.add_argument("--input", help="bytes for the console to read")
+    r.add_argument("--process", action="store_true", help="run FILE as a user process, served by the host")
     machine_options(r)
     r.set_defaults(fn=cmd_run)
 
