@@ -96,3 +96,28 @@ def test_a_spinning_guest_stops_at_the_time_limit() -> None:
     host = Host([GuestSpec("spin", spin, "trap", "classic", 4096)])
     result = host.run(max_steps=10**12, timeout=0.2)[0]
     assert result.exit == "timeout" and not result.halted and result.steps > 0
+
+
+def test_console_output_is_capped_with_a_mark_and_streamed_whole() -> None:
+    from popek.isa.devices import Console
+
+    seen = bytearray()
+    console = Console(cap=10)
+    console.output.sink = seen.extend
+    console.output += b"0123456789abcdef"  # a core's buffer of console bytes
+    console.write(ord("!"))  # a port write
+    assert bytes(console.output) == b"0123456789" and console.output.dropped == 7
+    assert console.text() == "0123456789\n[output truncated: 7 more bytes not kept]\n"
+    assert bytes(seen) == b"0123456789abcdef!"  # the watcher sees everything as it comes
+
+
+def test_a_flooding_guest_keeps_host_memory_bounded() -> None:
+    from popek.isa.asm import assemble
+    from popek.isa.devices.console import OUTPUT_CAP
+
+    flood = assemble("li r4, 'x'\n1: out 0, r4\n j 1b\n").image
+    host = Host([GuestSpec("flood", flood, "bare", "classic", 4096)])
+    host.vms[0].console.output.cap = 1000
+    result = host.run(max_steps=300_000)[0]
+    assert result.exit == "limit" and len(host.vms[0].console.output) == 1000 <= OUTPUT_CAP
+    assert result.console.endswith("more bytes not kept]\n") and host.vms[0].console.output.dropped > 50_000
