@@ -17,6 +17,7 @@ from popek.isa.files import MAX_IMAGE_FILE, InputError, read_input
 from popek.isa.profiles import ProfileError, load_profile
 from popek.isa.spec import PSW_S, cause_name
 from popek.vmm.host import DEFAULT_CORE, DEFAULT_MEMSIZE, RunResult, parse_size
+from popek.vmm.process import ProcessResult
 from popek.vmm.vm import VM
 
 EXIT_LIMIT = 124  # the guest did not halt within --max-steps
@@ -149,6 +150,17 @@ def run_guest(args: argparse.Namespace) -> RunResult:
     return host.run(args.max_steps)[0]
 
 
+def _show_run(args: argparse.Namespace, result: RunResult | ProcessResult) -> None:
+    """Print what a run wrote (or its JSON object), then why it stopped when it did not end on its own."""
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        sys.stdout.write(result.console)
+        sys.stdout.flush()
+    if result.message:
+        print(f"popek: {result.message}", file=sys.stderr)
+
+
 def run_process_cmd(args: argparse.Namespace) -> int:
     """popek run --process: run a user-mode program, its system calls served by the host (docs/abi.md)."""
     from popek.vmm.process import run_process
@@ -158,13 +170,7 @@ def run_process_cmd(args: argparse.Namespace) -> int:
     image, _ = load_program(args.file, _defines(args.define))
     console_input = args.input.encode() if args.input else b""
     result = run_process(image, parse_size(args.mem), args.core, console_input, args.max_steps, profile=args.profile)
-    if args.json:
-        print(json.dumps(result.to_json()))
-    else:
-        sys.stdout.write(result.console)
-        sys.stdout.flush()
-    if result.message:
-        print(f"popek: {result.message}", file=sys.stderr)
+    _show_run(args, result)
     if args.stats:
         calls = ", ".join(f"{k} {v}" for k, v in sorted(result.syscalls.items())) or "none"
         print(f"--- process: {result.steps} instructions, clock {result.clock}; system calls: {calls}", file=sys.stderr)
@@ -178,13 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = run_guest(args)
     wall = time.perf_counter() - t0
-    if args.json:
-        print(json.dumps(result.to_json()))
-    else:
-        sys.stdout.write(result.console)
-        sys.stdout.flush()
-    if result.message:
-        print(f"popek: {result.message}", file=sys.stderr)
+    _show_run(args, result)
     if args.stats:
         _print_stats(result, wall)
     if result.halted:
