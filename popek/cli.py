@@ -260,6 +260,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve.serve_forever(config)
 
 
+# --- bench ----------------------------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    """popek bench: the benchmark study, written as JSON, a markdown report and PNG plots (docs/study/)."""
+    from popek.vmm.bench import study
+
+    flags = ["--quick"] * args.quick + [f"--out {args.out}"] * bool(args.out)
+    flags += [f"--monitor {m}" for m in args.monitor or []] + [f"--workload {w}" for w in args.workload or []]
+    return study.main(args.quick, args.out, args.monitor, args.workload, " ".join(["popek bench", *flags]))
+
+
 # --- main -----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``popek``."""
@@ -330,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--config", metavar="FILE.toml", help="settings and VMs from a TOML file")
     sv.add_argument("--core", choices=CORE_NAMES, help=f"core of every VM (default {DEFAULT_CORE})")
     sv.set_defaults(fn=cmd_serve)
+
+    b = sub.add_parser("bench", help="the benchmark study: every monitor against bare and the published figures")
+    b.add_argument("--quick", action="store_true", help="a short run (about a minute), for a smoke test")
+    b.add_argument("--out", help="folder for study.json, report.md and the plots (default benchmarks/results/study)")
+    b.add_argument("--monitor", action="append", choices=list(MONITORS), help="a monitor to measure (repeatable)")
+    b.add_argument("--workload", action="append", help="a nano- or macrobenchmark to run (repeatable)")
+    b.set_defaults(fn=cmd_bench)
 
     de = sub.add_parser("demo", help="a short tour on bundled programs")
     de.add_argument("--core", default=DEFAULT_CORE, choices=CORE_NAMES)
