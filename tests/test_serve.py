@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import random
 import signal
 import socket
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote_from_bytes
@@ -96,6 +98,20 @@ def in_background(fn, *args):
         yield out
     finally:
         t.join(60)
+
+
+@contextmanager
+def serve_log() -> Iterator[list[logging.LogRecord]]:
+    """Collect what the front-end logs meanwhile."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("popek.serve")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 def primes_below(n: int) -> int:
@@ -413,6 +429,18 @@ def test_malformed_requests_get_400_413_408_or_a_closed_connection_and_others_ar
     chunked_big = b"POST /crc32 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + b"2000\r\n" + b"z" * 8192
     assert raw(url, chunked_big + b"\r\n1\r\nz\r\n0\r\n\r\n").startswith(b"HTTP/1.1 413")
     assert Client(url)("GET", "/status")[0] == 200
+
+
+def test_a_client_that_goes_away_in_the_middle_of_its_body_is_not_an_internal_error(url: str) -> None:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with serve_log() as records:
+        for _ in range(5):
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten b")
+                time.sleep(0.05)
+        assert Client(url)("GET", "/status")[0] == 200
+        time.sleep(0.1)
+    assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == []
 
 
 # --- the command ----------------------------------------------------------------------------------------------------

@@ -79,7 +79,8 @@ async def _body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise ServeError(413, f"the body may have at most {limit} bytes")
     try:
-        data = await asyncio.wait_for(request.read(), request.app[FRONTEND_KEY].config.body_timeout)
+        async with asyncio.timeout(request.app[FRONTEND_KEY].config.body_timeout):  # no task, unlike wait_for
+            data = await request.read()
     except TimeoutError:
         raise ServeError(408, "the request body did not arrive in time") from None
     except web.HTTPRequestEntityTooLarge:
@@ -260,6 +261,8 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         return response
     except web.HTTPException:
         raise
+    except ConnectionError:  # the client went away mid-request (aiohttp's "Connection lost"): nobody to tell
+        return _text(400, "the connection was lost")
     except Exception as e:
         log.error("%s %s: internal error: %s: %s", request.method, request.path, type(e).__name__, e)
         return _text(500, "internal error")

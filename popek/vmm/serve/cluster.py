@@ -85,19 +85,36 @@ def _settle(future: asyncio.Future, value: object, error: BaseException | None) 
         future.set_result(value)
 
 
+def _settle_all(results: list[tuple[asyncio.Future, object, BaseException | None]]) -> None:
+    """Complete several futures at once (one wake-up of the loop for a whole slice's replies)."""
+    for future, value, error in results:
+        _settle(future, value, error)
+
+
 class Worker(threading.Thread):
     """The thread of one VM: boots it, hands it requests, runs it, and returns its replies."""
 
     def __init__(self, replica: Replica, image: bytes, config: ServeConfig, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(name=f"vm-{replica.spec.id}", daemon=True)
         self.replica, self.image, self.config, self.loop = replica, image, config, loop
-        self.ops: queue.SimpleQueue = queue.SimpleQueue()
+        self.ops: queue.SimpleQueue = queue.SimpleQueue()  # lists of operations, in order
         self.host: Host | None = None
         self.outstanding: dict[int, Call] = {}  # tag -> call, for the messages the guest has not answered
+        self._batch: list[tuple] = []  # operations the loop has not handed over yet (loop thread only)
 
     def submit(self, op: tuple) -> None:
-        """Queue an operation for the thread (any thread may call this)."""
-        self.ops.put(op)
+        """Queue an operation for the thread (loop thread; handed over at the end of this turn of the loop)."""
+        # The requests of one turn of the loop reach the thread together: it wakes once and runs the guest once
+        # for all of them, rather than waking per request and fighting the loop for the GIL in between.
+        self._batch.append(op)
+        if len(self._batch) == 1:
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Hand the queued operations to the thread now."""
+        if self._batch:
+            self.ops.put(self._batch)
+            self._batch = []
 
     # --- the thread -------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -113,31 +130,32 @@ class Worker(threading.Thread):
             vm = self.host.vms[0] if self.host else None
             idle = vm is None or vm.waiting  # nothing to run until an operation arrives: block
             try:
-                op = self.ops.get(block=idle)
+                ops = self.ops.get(block=idle)
             except queue.Empty:
-                op = None
-            while op is not None:
-                if op[0] == "quit":
-                    self._fail_all("the server is shutting down")
-                    return
-                self._handle(op)
+                ops = None
+            while ops is not None:
+                for op in ops:
+                    if op[0] == "quit":
+                        self._fail_all("the server is shutting down")
+                        return
+                    self._handle(op)
                 try:
-                    op = self.ops.get_nowait()
+                    ops = self.ops.get_nowait()
                 except queue.Empty:
-                    op = None
+                    ops = None
             if self.host is not None:
                 self._run_slice()
 
     def _serve_dead(self) -> None:
         """After an internal error: answer every operation as if the VM were down, until quit."""
         while True:
-            op = self.ops.get()
-            if op[0] == "quit":
-                return
-            if op[0] in ("call", "cancel"):
-                self._reply(op[-1], None, ReplicaDown(f"VM {self.replica.spec.id} is down"))
-            elif op[0] in ("boot", "stop"):
-                self._reply_future(op[1], None, ReplicaDown(f"VM {self.replica.spec.id} failed"))
+            for op in self.ops.get():
+                if op[0] == "quit":
+                    return
+                if op[0] in ("call", "cancel"):
+                    self._reply(op[-1], None, ReplicaDown(f"VM {self.replica.spec.id} is down"))
+                elif op[0] in ("boot", "stop"):
+                    self._reply_future(op[1], None, ReplicaDown(f"VM {self.replica.spec.id} failed"))
 
     def _handle(self, op: tuple) -> None:
         kind = op[0]
@@ -209,10 +227,15 @@ class Worker(threading.Thread):
         except Exception as e:  # a monitor that fails on what this guest did: this VM is lost, not the server
             self._crash(f"monitor error: {type(e).__name__}: {e}")
             return
+        # One hand-over per slice, not per reply: each call_soon_threadsafe wakes the loop (a write to its
+        # self-pipe, and a wait for the GIL), which under load cost more than the guest's own work.
+        done = []
         for m in host.replies(0):
             call = self.outstanding.pop(m.tag, None)
             if call is not None:
-                self._reply(call, m.payload, None)
+                done.append((call.future, m.payload, None))
+        if done:
+            self._settle_all(done)
         self._publish_exits()
         if host.vms[0].halted or host.vms[0].error:
             self._crash(self._down_reason())
@@ -235,8 +258,14 @@ class Worker(threading.Thread):
 
     def _fail_all(self, reason: str) -> None:
         calls, self.outstanding = list(self.outstanding.values()), {}
-        for call in calls:
-            self._reply(call, None, ReplicaDown(reason))
+        if calls:
+            self._settle_all([(call.future, None, ReplicaDown(reason)) for call in calls])
+
+    def _settle_all(self, results: list[tuple[asyncio.Future, object, BaseException | None]]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_settle_all, results)
+        except RuntimeError:  # the loop is closed: the server is gone, nobody waits
+            pass
 
     def _reply(self, call: Call, payload: bytes | None, error: BaseException | None) -> None:
         self._reply_future(call.future, payload, error)
@@ -301,7 +330,8 @@ class Replica:
     async def wait(self, call: Call, timeout: float) -> bytes:
         """The guest's reply to ``call``; TimeoutError after ``timeout`` seconds (the guest is told to drop it)."""
         try:
-            return await asyncio.wait_for(call.future, timeout)
+            async with asyncio.timeout(timeout):  # no task per request, unlike wait_for (Python 3.11)
+                return await call.future
         except TimeoutError:
             self.worker.submit(("abandon", call))
             raise
@@ -374,4 +404,5 @@ class Cluster:
         for r in self.replicas:
             r.state = STOPPED
             r.worker.submit(("quit",))
+            r.worker.flush()
         await asyncio.to_thread(lambda: [r.worker.join(timeout=10) for r in self.replicas])
