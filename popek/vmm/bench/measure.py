@@ -73,7 +73,7 @@ def calibrate(run: Callable[[int], Sample], start: int, seconds: float) -> tuple
         if s.seconds >= seconds / 4 or size >= MAX_SIZE:
             break
         size = min(MAX_SIZE, size * max(2, min(64, int(seconds / 4 / max(s.seconds, 1e-6)) + 1)))
-    size = min(MAX_SIZE, max(size, math.ceil(size * seconds / max(s.seconds, 1e-9))))
+    size = min(MAX_SIZE, max(size, math.ceil(size * 1.1 * seconds / max(s.seconds, 1e-9))))  # land above it
     return size, s
 
 
