@@ -172,6 +172,9 @@ vmm_trap:
     ld r1, V_EXITS(r13)
     addi r1, r1, 1
     st r1, V_EXITS(r13)
+    ld r1, V_SLICE(r13)             # an exit uses the slice up too, so a guest caught in a storm of traps
+    addi r1, r1, -1                 # that retire nothing (an ivt outside its memory) still gives way
+    st r1, V_SLICE(r13)
     # Exact time: the guest retired what the real count moved on since the exit, less the monitor's own.
     ld r1, g_entry(r0)
     ld r2, g_exit(r0)
@@ -443,7 +446,11 @@ emu_halt:
     st r8, V_STATUS(r13)
     li r8, HALTED
     st r8, V_STATE(r13)
-    call retire_halt
+    ld r8, V_PC(r13)                # halt retires like any instruction before the guest stops
+    addi r8, r8, 4
+    st r8, V_PC(r13)
+    call tick_timer
+    call count_retired
     call flush_partial
     call vput_tag_vmm
     ld r2, V_ID(r13)
@@ -491,33 +498,29 @@ retire:                             # the emulated instruction retires: pc moves
     addi r8, r8, 4
     st r8, V_PC(r13)
 tick:                               # (pc already set) the guest's timer ticks
+    call tick_timer
+retired:                            # its cycle counts it
+    call count_retired
+    j after
+
+tick_timer:                         # clobbers r8
     ld r8, V_TIMER(r13)
-    beqz r8, retired
+    beqz r8, 1f
     addi r8, r8, -1
     st r8, V_TIMER(r13)
-    bnez r8, retired
+    bnez r8, 1f
     ld r8, V_PENDING(r13)
     ori r8, r8, 1
     st r8, V_PENDING(r13)
-retired:                            # its cycle counts it
+1:  ret
+
+count_retired:                      # clobbers r8
     ld r8, V_CYCLE(r13)
     addi r8, r8, 1
     st r8, V_CYCLE(r13)
     ld r8, V_SLICE(r13)
     addi r8, r8, -1
     st r8, V_SLICE(r13)
-    ld r8, V_EMULATED(r13)
-    addi r8, r8, 1
-    st r8, V_EMULATED(r13)
-    j after
-
-retire_halt:                        # halt retires too (its timer no longer matters)
-    ld r8, V_PC(r13)
-    addi r8, r8, 4
-    st r8, V_PC(r13)
-    ld r8, V_CYCLE(r13)
-    addi r8, r8, 1
-    st r8, V_CYCLE(r13)
     ld r8, V_EMULATED(r13)
     addi r8, r8, 1
     st r8, V_EMULATED(r13)

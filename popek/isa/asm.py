@@ -720,7 +720,7 @@ class _Assembler:
             )
         path = self.find(loc, strings[0], "file")
         if not path.lower().endswith((".s", ".asm")):
-            if len(strings) > 1:
+            if any(tok.value.strip() for tok in strings[1:]):
                 raise _Fail(groups[1][1], "defines are for a source file (.s) only")
             try:
                 data = read_input(path, MAX_IMAGE)
