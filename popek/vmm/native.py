@@ -80,6 +80,11 @@ class NativeRun:
     result: RunResult
     consoles: dict[str, str]  # "vmm" (the monitor's own lines), "vm1", "vm2", ...
     cpus: list[VirtualCPU] = field(default_factory=list)
+    memory: bytes = b""  # the machine's memory at the end
+
+    def inner_cpus(self, inner: Program, base: int) -> list[VirtualCPU]:
+        """The virtual CPUs of a monitor ``inner`` that runs as a guest whose memory starts at ``base``."""
+        return read_cpus(inner, self.memory, base)
 
     def console(self, *path: str) -> str:
         """The console of a guest, through nested monitors: ``console("vm1", "vm2")`` is vm2 of vm1."""
@@ -135,5 +140,5 @@ def run(
     """Run the monitor (on the bare machine, or as the guest of ``monitor``) and read back its guests."""
     host = Host([GuestSpec("vmm", program.image, monitor, profile, memsize)], core)
     result = host.run(max_steps)[0]
-    vm = host.vms[0]
-    return NativeRun(result, split_console(result.console), read_cpus(program, vm.mem.tobytes()))
+    memory = host.vms[0].mem.tobytes()
+    return NativeRun(result, split_console(result.console), read_cpus(program, memory), memory)
