@@ -310,8 +310,29 @@ def test_an_idempotent_request_on_a_vm_stopped_under_it_is_answered_by_another(u
     try:
         code, headers, data = out[0]
         assert (code, data, headers["x-popek-vm"]) == (200, b"664579", other)
+        assert next(v for v in status(url)["vms"] if v["vm"] == first)["failovers"] >= 1
     finally:
         assert admin(url, first, "start")[0] == 200
+
+
+def test_a_request_that_names_its_vm_is_served_there_and_not_failed_over(url: str) -> None:
+    c = Client(url)
+    for vm in ("c-full", "c-pv"):
+        code, headers, data = c("GET", "/primes/100", headers={"X-Popek-VM": vm})
+        assert (code, data, headers["x-popek-vm"]) == (200, b"25", vm)
+    key = next(k for k in (b"p%d" % i for i in range(40)) if shard_of(k, [0, 1]) == 0)
+    assert c("PUT", f"/kv/{key.decode()}", b"v", headers={"X-Popek-VM": "kv1-a"})[0] == 204  # writes: every replica
+    assert c("GET", f"/kv/{key.decode()}", headers={"X-Popek-VM": "kv0-b"})[1]["x-popek-vm"] == "kv0-b"
+    for vm, path in [("kv1-a", f"/kv/{key.decode()}"), ("kv0-a", "/primes/5"), ("nobody", "/primes/5")]:
+        code, headers, _ = c("GET", path, headers={"X-Popek-VM": vm})
+        assert (code, headers["x-popek-vm"]) == (421, "-"), vm
+    assert c("GET", "/primes/5", headers={"X-Popek-VM": "bad id!"})[0] == 400
+    assert admin(url, "c-pv", "stop")[0] == 200
+    try:
+        code, headers, body = c("POST", "/echo", b"x", headers={"X-Popek-VM": "c-pv"})
+        assert (code, headers["x-popek-vm"]) == (503, "c-pv") and b"stopped" in body
+    finally:
+        assert admin(url, "c-pv", "start")[0] == 200
 
 
 # --- policies -------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ MAX_VALUE = 4096
 MAX_KEY = 64
 MAX_PRIMES = 10_000_000
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+_VM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 _HEX8 = re.compile(rb"^[0-9a-f]{8}$")
 
 
@@ -74,6 +75,14 @@ def _request_id(request: web.Request) -> str:
     return rid
 
 
+def _pin(request: web.Request) -> str:
+    """The VM a client asks for with ``X-Popek-VM`` (it chose it through /resolve), or ''."""
+    vm = request.headers.get(VM_HEADER, "")
+    if vm and not _VM_ID.match(vm):
+        raise ServeError(400, f"{VM_HEADER} must be a VM id (1-32 letters, digits, '-' or '_')")
+    return vm
+
+
 async def _body(request: web.Request, limit: int) -> bytes:
     """The request body, at most ``limit`` bytes (413), arriving within the body timeout (408)."""
     if request.content_length is not None and request.content_length > limit:
@@ -95,7 +104,7 @@ async def echo(request: web.Request) -> web.Response:
     """POST /echo: the body unchanged."""
     fe, body = request.app[FRONTEND_KEY], await _body(request, MAX_MESSAGE)
     reply = await fe.dispatcher.call(Request("echo", body, cost=estimate_cost("echo", body),
-                                             request_id=_request_id(request)))  # fmt: skip
+                                             request_id=_request_id(request), vm=_pin(request)))  # fmt: skip
     if reply.payload != body:  # echo's truth is known: anything else is the kernel's error
         raise _guest_error(reply, "echo")
     return _text(200, reply.payload, reply.vm, "application/octet-stream")
@@ -105,7 +114,7 @@ async def crc32(request: web.Request) -> web.Response:
     """POST /crc32: zlib's CRC-32 of the body, 8 lowercase hex digits."""
     fe, body = request.app[FRONTEND_KEY], await _body(request, MAX_MESSAGE)
     reply = await fe.dispatcher.call(Request("crc32", body, cost=estimate_cost("crc32", body),
-                                             request_id=_request_id(request)))  # fmt: skip
+                                             request_id=_request_id(request), vm=_pin(request)))  # fmt: skip
     if not _HEX8.match(reply.payload):
         raise _guest_error(reply, "crc32")
     return _text(200, reply.payload, reply.vm)
@@ -118,7 +127,7 @@ async def primes(request: web.Request) -> web.Response:
         raise ServeError(400, f"n must be a decimal integer from 0 to {MAX_PRIMES}")
     payload = n.encode()
     reply = await fe.dispatcher.call(Request("primes", payload, cost=estimate_cost("primes", payload),
-                                             request_id=_request_id(request)))  # fmt: skip
+                                             request_id=_request_id(request), vm=_pin(request)))  # fmt: skip
     if not reply.payload.isdigit():
         raise _guest_error(reply, "primes")
     return _text(200, reply.payload, reply.vm)
@@ -148,7 +157,7 @@ def _kv_refusal(reply: Reply) -> ServeError:
 async def kv_get(request: web.Request) -> web.Response:
     """GET /kv/<key>: the value, or 404."""
     fe, key = request.app[FRONTEND_KEY], _key(request)
-    reply = await fe.kv.get(key, _request_id(request))
+    reply = await fe.kv.get(key, _request_id(request), _pin(request))
     if reply.payload.startswith(b"FOUND\n"):
         return _text(200, reply.payload[6:], reply.vm, "application/octet-stream")
     if reply.payload == b"NOTFOUND":
@@ -221,9 +230,9 @@ async def status(request: web.Request) -> web.Response:
     fe = request.app[FRONTEND_KEY]
     vms = []
     for r in fe.cluster.replicas:
-        vms.append({**r.describe(), "served": r.served, "exits": r.exits, "boots": r.boots, "ports": r.ports,
-                    **({"reason": r.reason} if r.reason else {})})  # fmt: skip
-    totals = {k: sum(v[k] for v in vms) for k in ("served", "exits", "outstanding")}
+        vms.append({**r.describe(), "served": r.served, "failovers": r.failovers, "exits": r.exits,
+                    "boots": r.boots, "ports": r.ports, **({"reason": r.reason} if r.reason else {})})  # fmt: skip
+    totals = {k: sum(v[k] for v in vms) for k in ("served", "failovers", "exits", "outstanding")}
     totals.update(vms=len(vms), running=sum(v["state"] == "running" for v in vms))
     return _json({"policy": fe.dispatcher.policy.name, "core": fe.config.core, "vms": vms, "totals": totals})
 

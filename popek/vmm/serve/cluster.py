@@ -288,6 +288,7 @@ class Replica:
         self.outstanding = 0  # requests sent and not yet answered
         self.pending_cost = 0  # their estimated guest work (the content policy weighs by it)
         self.served = 0  # requests answered
+        self.failovers = 0  # requests it lost (stopped or crashed under them), handed to the next replica
         self.exits = 0  # VM exits so far (written by the VM thread)
         self.boots = 0
         self.on_boot: Callable[[Replica], None] = lambda r: None  # replays state before the VM takes requests

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from popek.vmm.serve.cluster import Call, Replica, ReplicaDown
 from popek.vmm.serve.names import NameService
-from popek.vmm.serve.services import SERVICES, Request
+from popek.vmm.serve.services import SERVICES, Request, shard_of
 
 
 class ServeError(Exception):
@@ -121,6 +121,8 @@ class Dispatcher:
 
     async def call(self, request: Request) -> Reply:
         """Serve ``request`` on the first replica in policy order that answers; fail over if idempotent."""
+        if request.vm:
+            return await self.call_pinned(request)
         candidates = self.names.candidates(request)
         if not candidates:
             raise ServeError(503, f"no running replica of {request.service}")
@@ -132,7 +134,26 @@ class Dispatcher:
                 if not SERVICES[request.service].idempotent:
                     raise ServeError(502, f"{e}; the request was not retried (not idempotent)", replica.id) from None
                 reason = str(e)
+                if replica is not candidates[-1]:
+                    replica.failovers += 1  # handed to the next replica
         raise ServeError(503, f"every replica of {request.service} went down ({reason})")
+
+    async def call_pinned(self, request: Request) -> Reply:
+        """Serve ``request`` on the VM the client named (``X-Popek-VM``): 421 if that VM cannot, 503 if it is down.
+
+        A client that chose the VM through ``/resolve`` does its own failover, so the front-end does none.
+        """
+        shard = shard_of(request.key, self.names.shards()) if request.service == "kv" else None
+        replica = next((r for r in self.names.serving(request.service, shard) if r.id == request.vm), None)
+        if replica is None:
+            where = f" shard {shard}" if shard is not None else ""
+            raise ServeError(421, f"VM {request.vm} does not serve {request.service}{where}")
+        if not replica.running:
+            raise ServeError(503, f"VM {replica.id} is {replica.state}", replica.id)
+        try:
+            return Reply(replica.id, await self.one(replica, request))
+        except ReplicaDown as e:
+            raise ServeError(503, str(e), replica.id) from None
 
     async def call_on(self, replica: Replica, request: Request) -> Reply:
         """Serve ``request`` on this replica only (it holds the request's state): 502 if it goes down."""

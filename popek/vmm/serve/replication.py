@@ -37,9 +37,10 @@ class KvReplication:
             call = Call(port, b"PUT " + key + b"\n" + value, replica.loop.create_future())  # nobody awaits it
             replica.worker.submit(("call", call))
 
-    async def get(self, key: bytes, request_id: str = "") -> Reply:
-        """``GET <key>`` on one replica of its shard (another if that one goes down)."""
-        return await self.dispatcher.call(Request("kv", b"GET " + key, key, estimate_cost("kv", b""), request_id))
+    async def get(self, key: bytes, request_id: str = "", vm: str = "") -> Reply:
+        """``GET <key>`` on one replica of its shard (another if that one goes down), or on ``vm`` only."""
+        request = Request("kv", b"GET " + key, key, estimate_cost("kv", b""), request_id, vm)
+        return await self.dispatcher.call(request)
 
     async def put(self, key: bytes, value: bytes, request_id: str = "") -> Reply:
         """``PUT <key>\\n<value>`` on every running replica of the key's shard."""

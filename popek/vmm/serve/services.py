@@ -41,6 +41,7 @@ class Request:
     key: bytes = b""  # kv: the key (chooses the shard)
     cost: int = 1  # estimated guest work in thousands of instructions (the content policy weighs by it)
     request_id: str = ""  # the client's X-Request-Id, for DELETE /requests/<id>
+    vm: str = ""  # the client's X-Popek-VM: serve on this VM only, no failover (the client retries itself)
 
 
 def services_mask(services: tuple[str, ...]) -> int:
