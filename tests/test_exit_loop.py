@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from popek.cores import CoreUnavailable, exit_loop, get_core
-from popek.isa.asm import assemble_file
+from popek.isa.asm import assemble, assemble_file
 from popek.isa.profiles import Profile
 from popek.isa.spec import EXECUTE, IGNORE, PROFILE_KEYS, TRAP
 from popek.vmm.host import GuestSpec, Host
@@ -118,3 +118,60 @@ def test_random_guests_count_the_same_exits(
 ) -> None:
     core_or_skip(core)
     both(image, monitor, profile, core, steps, MEMSIZE, slice_)
+
+
+# --- binary rewriting: what the compiled loop hands back to the monitor in the middle of its work ----------
+CONSOLE_CALLOUTS = """
+        in      r1, 0                   # a callout that stops for the console: the monitor finishes it
+        out     0, r1                   # ... and performs these in the same exit, as the Python path does
+        li      r4, 0
+        mtcr    timer, r4
+        in      r2, 0
+        out     0, r2
+        halt
+"""
+
+
+@pytest.mark.parametrize("core", ["jit", "c"])
+def test_a_callout_that_reads_the_console_goes_on_with_its_batch(core: str) -> None:
+    core_or_skip(core)
+    image = assemble(CONSOLE_CALLOUTS).image
+    runs = []
+    for compiled in (False, True):
+        h = Host([GuestSpec("g", image, "rewrite", "classic", 1 << 16, b"AB")], core)
+        h.monitors[0].compiled_exits = compiled
+        h.run(1000)
+        runs.append(h)
+    assert_same_run(*runs)
+    vm = runs[1].vms[0]
+    assert vm.console.output == b"AB" and vm.halted
+    assert vm.stats.extra["callouts_batched"] >= 4 and vm.stats.extra["callout.in"] == 2
+
+
+UNALIGNED_KERNEL = """
+        li      r4, 2
+        mtcr    ebase, r4
+        li      r4, 0x1000
+        mtcr    ebound, r4
+        li      r4, 1                   # supervisor mode, interrupts off
+        mtcr    epsw, r4
+        li      r4, 0x100
+        mtcr    epc, r4
+        iret                            # the kernel goes on at base 2: the copy's word grid does not fit
+"""
+
+
+@pytest.mark.parametrize("core", ["jit", "c"])
+def test_a_kernel_at_an_unaligned_base_is_interpreted_by_the_monitor(core: str) -> None:
+    core_or_skip(core)
+    tail = assemble("addi r1, r0, 5\nmfcr r2, psw\nmtcr scratch, r1\nhalt\n").image
+    image = bytearray(assemble(UNALIGNED_KERNEL).image.ljust(0x102, b"\0"))
+    image[0x102 : 0x102 + len(tail)] = tail
+    runs = []
+    for compiled in (False, True):
+        h = host(bytes(image), "rewrite", "classic", core, compiled, 1 << 16)
+        h.run(1000)
+        runs.append(h)
+    assert_same_run(*runs)
+    vm = runs[1].vms[0]
+    assert vm.halted and vm.vstate[1] == 5 and vm.stats.extra["interpreted"] == 4

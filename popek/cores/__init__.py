@@ -11,7 +11,7 @@ from popek.cores.contract import CoreRun, CoreUnavailable
 CORE_NAMES = ("jit", "c", "reference")
 __all__ = ["CORE_NAMES", "ConsoleRun", "CoreRun", "CoreUnavailable", "ExitLoop", "console_run", "exit_loop", "get_core"]
 
-# run_vm(vstate, rstate, host_mem, offset, memsize, budget, flags, hybrid, counters, console) -> VMX_* code
+# run_vm(vstate, rstate, host_mem, offset, memsize, budget, flags, mode, counters, console) -> VMX_* code
 ExitLoop = Callable[..., int]
 # run_console(state, mem, budget, console) -> (exit code, console bytes written into console)
 ConsoleRun = Callable[..., tuple[int, int]]

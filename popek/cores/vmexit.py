@@ -14,8 +14,12 @@ other than console output, an endless ``wfi``, anything the core hands the host 
 
 Everything it does is counted in ``counters`` (the ``CNT_*`` slots) as the Python path counts it in
 ``vm.stats``; the monitor merges them. The layout (``gen_tables.VM_LOOP``) is shared with the C core's
-``p32_run_vm``. With ``hybrid`` set the guest's virtual supervisor mode is interpreted by the emulator in the
-same loop (the hybrid monitor).
+``p32_run_vm``. ``mode`` says which monitor it works for (``VM_*``): trap-and-emulate; the hybrid monitor, whose
+guest kernel (virtual supervisor mode) is interpreted by the emulator in the same loop; binary rewriting, whose
+guest kernel runs from the shadow copy, with the virtual CPU copied into the real state's twin slots at each
+entry and back at each exit, and whose callouts (the guest's own word performed by the emulator, and the next
+ones while they would call out straight away) are handled here too; a page to translate (EXIT_XLATE) and code
+relocated by a base that is not a multiple of 4 go back to the monitor.
 """
 
 from __future__ import annotations
@@ -30,14 +34,25 @@ from popek.isa import state as S
 
 # Module-level ints, frozen into the compiled code as constants.
 _L = gen_tables.VM_LOOP
-VMX_BUDGET, VMX_HALT, VMX_CORE, VMX_VIRTUAL, VMX_SUPERVISOR = (
-    _L[k] for k in ("VMX_BUDGET", "VMX_HALT", "VMX_CORE", "VMX_VIRTUAL", "VMX_SUPERVISOR")
+VMX_BUDGET, VMX_HALT, VMX_CORE, VMX_VIRTUAL, VMX_SUPERVISOR, VMX_INTERPRET, VMX_CALLOUT = (
+    _L[k]
+    for k in ("VMX_BUDGET", "VMX_HALT", "VMX_CORE", "VMX_VIRTUAL", "VMX_SUPERVISOR", "VMX_INTERPRET", "VMX_CALLOUT")
+)
+VM_TRAP, VM_HYBRID, VM_REWRITE, VM_REWRITE_USER = (
+    _L[k] for k in ("VM_TRAP", "VM_HYBRID", "VM_REWRITE", "VM_REWRITE_USER")
 )
 CNT_CAUSE, CNT_CAUSES, CNT_TIMER, CNT_EMULATED, CNT_REFLECTED, CNT_INJECTED, CNT_CODE, CNT_CONSOLE, NCOUNTERS = (
     _L[k]
     for k in (
         "CNT_CAUSE", "CNT_CAUSES", "CNT_TIMER", "CNT_EMULATED", "CNT_REFLECTED", "CNT_INJECTED", "CNT_CODE",
         "CNT_CONSOLE", "NCOUNTERS",
+    )
+)  # fmt: skip
+CNT_CALLOUTS, CNT_BATCHED, CNT_BATCH_END, CNT_CALLOUT_OTHER, CNT_CALLOUT_OP, CALLOUT_OP0, CNT_CALLOUT_CR = (
+    _L[k]
+    for k in (
+        "CNT_CALLOUTS", "CNT_BATCHED", "CNT_BATCH_END", "CNT_CALLOUT_OTHER", "CNT_CALLOUT_OP", "CALLOUT_OP0",
+        "CNT_CALLOUT_CR",
     )
 )  # fmt: skip
 M32 = S.MASK32
@@ -47,6 +62,30 @@ PEND_TIMER, PEND_DEVICE = S.PEND_TIMER, S.PEND_DEVICE
 EXIT_HALT, EXIT_BUDGET, EXIT_TRAP = S.EXIT_HALT, S.EXIT_BUDGET, S.EXIT_TRAP
 PSW_S, PSW_IE = spec.PSW_S, spec.PSW_IE
 PRIV, TIMER_IRQ, DEVICE_IRQ = spec.PRIV, spec.TIMER_IRQ, spec.DEVICE_IRQ
+# binary rewriting (popek/vmm/monitors/rewrite.py run_core, callouts and copy_word are the specification)
+EXIT_XLATE, EXIT_CALLOUT, RW_FETCH, RW_VPEND, RW_SHADOW = (
+    S.EXIT_XLATE,
+    S.EXIT_CALLOUT,
+    S.RW_FETCH,
+    S.RW_VPEND,
+    S.RW_SHADOW,
+)
+VCR0, CR0, NUM_CRS, CR_CYCLE, CR_TIMER = S.VCR0, S.CR0, spec.NUM_CRS, spec.CR_CYCLE, spec.CR_TIMER
+CR_BASE, CR_BOUND = spec.CR_BASE, spec.CR_BOUND
+RW_OP_CALLOUT, RW_TWIN = S.RW_OP_CALLOUT, S.RW_TWIN
+# the CRs a twin may write, copied back to the virtual CPU at each exit (rewrite._WRITABLE)
+WRITABLE = np.array([cr for cr in range(spec.NUM_CRS) if cr not in (spec.CR_BASE, spec.CR_BOUND, CR_TIMER, CR_CYCLE)])
+_OPS = {i.mnemonic: i.opcode for i in spec.INSNS}
+OP_MTCR = _OPS["mtcr"]
+# Per opcode of the original word: 1 when its twin always calls out (iret halt wfi in out; rewrite._ALWAYS_OUT)
+ALWAYS_OUT = np.zeros(256, dtype=np.bool_)
+for _m in ("iret", "halt", "wfi", "in", "out"):
+    ALWAYS_OUT[_OPS[_m]] = True
+_T = gen_tables.opcode_tables()
+MUST_BE_ZERO = np.array(_T["must_be_zero"], dtype=np.int64)
+IS_INSN = np.zeros(256, dtype=np.bool_)  # opcodes that name an instruction
+IS_INSN[[i.opcode for i in spec.INSNS]] = True
+CR_OPERAND = np.array(_T["cr_operand"], dtype=np.bool_)
 
 _COMPILED: list = []
 
@@ -63,16 +102,77 @@ def _enter_trap(v, memsize, cause, info):
 
 
 @_compiled
-def _run_vm(v, r, host_mem, offset, memsize, budget, flags, hybrid, cnt, console):
+def _emulate_one(v, vmem, cnt, console):
+    """One step of the virtual CPU on the emulator, counted; its exit code (EXIT_BUDGET: it simply ran)."""
+    mark = v[STEPS]
+    code, n = emulator.interpret(v, vmem, 1, False, console[cnt[CNT_CONSOLE] : console.shape[0]])
+    cnt[CNT_CONSOLE] += n
+    cnt[CNT_EMULATED] += v[STEPS] - mark
+    return code
+
+
+@_compiled
+def _copy_word(v, r, host_mem, offset, memsize):
+    """The word of the shadow copy the core would fetch next, or -1 where it would fetch none (copy_word)."""
+    base = v[BASE]
+    pc = v[PC]
+    gpa = base + pc
+    if (base | pc) & 3 or pc + 4 > v[BOUND] or gpa + 4 > memsize:
+        return np.int64(-1)
+    at = offset - r[RW_SHADOW] + gpa  # a page never translated holds markers only: as good as -1 here
+    if at < 0 or at + 4 > host_mem.shape[0]:
+        return np.int64(-1)
+    word = np.int64(0)
+    for i in range(4):  # little-endian
+        word |= np.int64(host_mem[at + i]) << (8 * i)
+    return word
+
+
+@_compiled
+def _callout_slot(word):
+    """The counter of a callout of ``word`` (callout_name: by instruction, mfcr/mtcr by CR, else other)."""
+    op = word >> 24
+    if op <= RW_OP_CALLOUT or op > 255:
+        return CNT_CALLOUT_OTHER  # the callout word itself (a guest word that is a monitor-only opcode), or -1
+    orig = word - (RW_TWIN << 24)
+    oop = orig >> 24
+    if not IS_INSN[oop] or orig & MUST_BE_ZERO[oop] or oop < CALLOUT_OP0 or oop >= CALLOUT_OP0 + 32:
+        return CNT_CALLOUT_OTHER
+    if CR_OPERAND[oop]:
+        cr = orig & 0xFFFF
+        if cr >= NUM_CRS:
+            return CNT_CALLOUT_OTHER
+        return CNT_CALLOUT_CR + (16 if oop == OP_MTCR else 0) + cr
+    return CNT_CALLOUT_OP + oop - CALLOUT_OP0
+
+
+@_compiled
+def _batches(word):
+    """True when the copy's ``word`` would call out at once: performed in the same exit (rewrite._ALWAYS_OUT)."""
+    op = word >> 24
+    if op == RW_OP_CALLOUT:
+        return True
+    if op <= RW_OP_CALLOUT or op > 255:
+        return False
+    oop = op - RW_TWIN
+    if ALWAYS_OUT[oop]:
+        return True
+    cr = word & 0xFFFF
+    return oop == OP_MTCR and (cr == CR_BASE or cr == CR_BOUND or cr == CR_TIMER)
+
+
+@_compiled
+def _run_vm(v, r, host_mem, offset, memsize, budget, flags, mode, cnt, console):
     """Advance the VM by at most ``budget`` steps; return a VMX_* code (module docstring)."""
     vmem = host_mem[offset : offset + memsize]
     room = np.int64(console.shape[0])
     start = v[STEPS]
+    rewrite = mode == VM_REWRITE or mode == VM_REWRITE_USER
     while True:
         done = v[STEPS] - start
         if done >= budget:
             return VMX_BUDGET
-        if hybrid and v[PSW] & PSW_S:  # the guest kernel is interpreted, up to its return to user mode
+        if mode == VM_HYBRID and v[PSW] & PSW_S:  # the guest kernel is interpreted, up to its return to user mode
             mark = v[STEPS]
             code, n = emulator.interpret(v, vmem, budget - done, True, console[cnt[CNT_CONSOLE] : room])
             cnt[CNT_CONSOLE] += n
@@ -92,6 +192,9 @@ def _run_vm(v, r, host_mem, offset, memsize, budget, flags, hybrid, cnt, console
                 _enter_trap(v, memsize, DEVICE_IRQ, v[DEVNUM])
                 cnt[CNT_INJECTED] += 1
                 continue
+        fetch = rewrite and ((v[PSW] & PSW_S) != 0 or mode == VM_REWRITE_USER)  # run from the shadow copy
+        if fetch and v[BASE] & 3:
+            return VMX_INTERPRET  # the copy's word grid does not fit: the monitor interprets
         # ---- load the real CPU (VM.load_real_state) ----
         for i in range(PC + 1):
             r[i] = v[i]
@@ -112,7 +215,18 @@ def _run_vm(v, r, host_mem, offset, memsize, budget, flags, hybrid, cnt, console
         if timer != 0 and timer < b:
             b = timer  # stop exactly where the virtual timer expires
         cycle0 = r[CYCLE]
+        if rewrite:
+            r[RW_FETCH] = 1 if fetch else 0
+        if fetch:  # the virtual CPU, for the twins: cycle and timer as an offset and a deadline on the real count
+            r[RW_VPEND] = v[PENDING]
+            for cr in range(NUM_CRS):
+                r[VCR0 + cr] = v[CR0 + cr]
+            r[VCR0 + CR_CYCLE] = v[CYCLE] - cycle0
+            r[VCR0 + CR_TIMER] = cycle0 + timer if timer != 0 else 0
         code = jit.run(r, host_mem, b)
+        if fetch:  # what the twins may have written: psw, the trap registers, ivt and scratch
+            for cr in WRITABLE:
+                v[CR0 + cr] = r[VCR0 + cr]
         # ---- save it back (VM.save_real_state) ----
         for i in range(PC + 1):
             v[i] = r[i]
@@ -131,6 +245,26 @@ def _run_vm(v, r, host_mem, offset, memsize, budget, flags, hybrid, cnt, console
                 v[STATUS] = r[STATUS]
                 return VMX_HALT
             continue
+        if code == EXIT_CALLOUT and rewrite:  # perform the guest's word, and the next while they call out too
+            cnt[CNT_CALLOUTS] += 1
+            end = v[STEPS] + b - retired
+            word = _copy_word(v, r, host_mem, offset, memsize)
+            while True:
+                cnt[_callout_slot(word)] += 1
+                code = _emulate_one(v, vmem, cnt, console)
+                if code != EXIT_BUDGET:
+                    cnt[CNT_CODE] = code
+                    cnt[CNT_BATCH_END] = end
+                    return VMX_CALLOUT
+                if v[STEPS] >= end or (v[PSW] & PSW_IE and v[PENDING] & (PEND_TIMER | PEND_DEVICE)):
+                    break
+                if not (v[PSW] & PSW_S or mode == VM_REWRITE_USER):
+                    break
+                word = _copy_word(v, r, host_mem, offset, memsize)
+                if not _batches(word):
+                    break  # the core would run it (or fault on the fetch, or translate): back to the core
+                cnt[CNT_BATCHED] += 1
+            continue
         if code != EXIT_TRAP:
             cnt[CNT_CODE] = code
             return VMX_CORE
@@ -141,10 +275,7 @@ def _run_vm(v, r, host_mem, offset, memsize, budget, flags, hybrid, cnt, console
             r[PENDING] = 0
             continue
         if cause == PRIV and v[PSW] & PSW_S:  # a privileged instruction of the guest kernel: emulate it
-            mark = v[STEPS]
-            code, n = emulator.interpret(v, vmem, 1, False, console[cnt[CNT_CONSOLE] : room])
-            cnt[CNT_CONSOLE] += n
-            cnt[CNT_EMULATED] += v[STEPS] - mark
+            code = _emulate_one(v, vmem, cnt, console)
             if code != EXIT_BUDGET:
                 cnt[CNT_CODE] = code
                 return VMX_VIRTUAL
@@ -165,7 +296,7 @@ def run_vm(
     memsize: int,
     budget: int,
     flags: int,
-    hybrid: bool,
+    mode: int,
     counters: np.ndarray,
     console: np.ndarray,
 ) -> int:
@@ -173,4 +304,4 @@ def run_vm(
     check_vm_slice(host_mem, offset, memsize, counters, NCOUNTERS)
     if vstate[FLAGS] & (S.F_REWRITE | S.F_PV):  # the virtual CPU is a plain machine; the emulator needs one
         raise ValueError("the virtual CPU has processor support switched on")
-    return int(_run_vm(vstate, rstate, host_mem, offset, memsize, budget, flags, hybrid, counters, console))
+    return int(_run_vm(vstate, rstate, host_mem, offset, memsize, budget, flags, mode, counters, console))

@@ -18,7 +18,7 @@ from popek.cores import CoreRun, emulator, vmexit
 from popek.isa import state as S
 from popek.isa.devices import Console, Nic, PortBus
 from popek.isa.profiles import Profile, load_profile
-from popek.isa.spec import PSW_IE, PSW_S, cause_name
+from popek.isa.spec import CR_NAMES, INSNS, PSW_IE, PSW_S, cause_name
 
 CONSOLE_BUFFER = 4096  # console bytes one emulator call may write before it stops for the host to take them
 
@@ -39,6 +39,25 @@ class VMStats:
         return {"exits": dict(self.exits), "total_exits": sum(self.exits.values()), "emulated": self.emulated,
                 "reflected": self.reflected, "injected": self.injected,
                 "monitor_seconds": round(self.monitor_seconds, 6), **dict(self.extra)}  # fmt: skip
+
+
+def _counter_names() -> dict[int, str]:
+    """The ``extra`` statistic each counter of a compiled exit loop adds to (binary rewriting's callouts).
+
+    Named as the rewriting monitor names them from the word that called out (rewrite.callout_name).
+    """
+    names = {vmexit.CNT_BATCHED: "callouts_batched", vmexit.CNT_CALLOUT_OTHER: "callout.other"}
+    for insn in INSNS:
+        i = insn.opcode - vmexit.CALLOUT_OP0
+        if 0 <= i < 32 and insn.operands not in ("rd,cr", "cr,rs"):
+            names[vmexit.CNT_CALLOUT_OP + i] = f"callout.{insn.mnemonic}"
+    for cr, cr_name in enumerate(CR_NAMES):
+        names[vmexit.CNT_CALLOUT_CR + cr] = f"callout.mfcr.{cr_name}"
+        names[vmexit.CNT_CALLOUT_CR + 16 + cr] = f"callout.mtcr.{cr_name}"
+    return names
+
+
+_COUNTER_NAMES = _counter_names()
 
 
 class VM:
@@ -65,6 +84,7 @@ class VM:
         self.bus = PortBus(self.console, self.nic)
         self.console_out = np.zeros(CONSOLE_BUFFER, dtype=np.uint8)  # console bytes of one emulator call
         self.counters = np.zeros(vmexit.NCOUNTERS, dtype=np.int64)  # what a compiled exit loop did (CNT_*)
+        self.batch_end = 0  # the step count at which a batch of callouts the loop left to the monitor must end
         self.stats = VMStats()
         self.host_io: list[tuple[int, bool, int]] = []  # untrapped port I/O that reached the host's devices
         self.halted = False
@@ -177,23 +197,35 @@ class VM:
         Returns the exit code it left for the monitor (``CNT_CODE``); the counters start again from zero.
         """
         c = self.counters
-        if not c.any():
+        slots = np.flatnonzero(c)
+        if not len(slots):
             return 0
-        counts = c.tolist()
+        counts = c[slots].tolist()
         c[:] = 0
-        n = counts[vmexit.CNT_CONSOLE]
-        if n:  # before whatever exit the loop stopped for, as they came
-            self.console.output += self.console_out[:n].tobytes()
-        exits = self.stats.exits
-        for cause in range(vmexit.CNT_CAUSES):
-            if counts[vmexit.CNT_CAUSE + cause]:
-                exits[cause_name(cause)] += counts[vmexit.CNT_CAUSE + cause]
-        if counts[vmexit.CNT_TIMER]:
-            exits["TIMER"] += counts[vmexit.CNT_TIMER]
-        self.stats.emulated += counts[vmexit.CNT_EMULATED]
-        self.stats.reflected += counts[vmexit.CNT_REFLECTED]
-        self.stats.injected += counts[vmexit.CNT_INJECTED]
-        return counts[vmexit.CNT_CODE]
+        code = 0
+        exits, extra = self.stats.exits, self.stats.extra
+        for slot, n in zip(slots.tolist(), counts, strict=True):
+            if vmexit.CNT_CAUSE <= slot < vmexit.CNT_CAUSE + vmexit.CNT_CAUSES:
+                exits[cause_name(slot - vmexit.CNT_CAUSE)] += n
+            elif slot in _COUNTER_NAMES:
+                extra[_COUNTER_NAMES[slot]] += n
+            elif slot == vmexit.CNT_CONSOLE:  # before whatever exit the loop stopped for, as they came
+                self.console.output += self.console_out[:n].tobytes()
+            elif slot == vmexit.CNT_TIMER:
+                exits["TIMER"] += n
+            elif slot == vmexit.CNT_EMULATED:
+                self.stats.emulated += n
+            elif slot == vmexit.CNT_REFLECTED:
+                self.stats.reflected += n
+            elif slot == vmexit.CNT_INJECTED:
+                self.stats.injected += n
+            elif slot == vmexit.CNT_CALLOUTS:
+                exits["callout"] += n
+            elif slot == vmexit.CNT_CODE:
+                code = n
+            elif slot == vmexit.CNT_BATCH_END:
+                self.batch_end = n
+        return code
 
     # --- direct execution ------------------------------------------------------------------------------
     def load_real_state(self, flags: int) -> None:

@@ -105,7 +105,7 @@ def run_vm(
     memsize: int,
     budget: int,
     flags: int,
-    hybrid: bool,
+    mode: int,
     counters: np.ndarray,
     console: np.ndarray,
 ) -> int:
@@ -119,4 +119,4 @@ def run_vm(
     cnt = _ptr(counters, "int64_t", _I64, lib.P32_NCOUNTERS, "counters")[0]
     out, room = _ptr(console, "uint8_t", _U8, 0, "console")
     budget = budget if budget < _MAX_BUDGET else _MAX_BUDGET
-    return lib.p32_run_vm(v, r, m, host_size, offset, memsize, budget, flags, int(hybrid), cnt, out, room)
+    return lib.p32_run_vm(v, r, m, host_size, offset, memsize, budget, flags, mode, cnt, out, room)

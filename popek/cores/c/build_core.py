@@ -51,7 +51,7 @@ CDEF = (
     "int p32_run_console(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budget, uint8_t *console,"
     " int64_t room, int64_t *nout);\n"
     "int p32_run_vm(int64_t *v, int64_t *r, uint8_t *host_mem, int64_t host_memsize, int64_t offset,"
-    " int64_t memsize, int64_t budget, int64_t flags, int hybrid, int64_t *cnt, uint8_t *console, int64_t room);\n"
+    " int64_t memsize, int64_t budget, int64_t flags, int mode, int64_t *cnt, uint8_t *console, int64_t room);\n"
     + _gen.cdef()
 )
 

@@ -759,10 +759,74 @@ static void enter_trap(int64_t *v, int64_t memsize, int64_t cause, int64_t info)
     v[P32_STEPS]++;
 }
 
+/* Binary rewriting (popek/vmm/monitors/rewrite.py copy_word, callout_name and callouts are the specification). */
+#define IS_INSN_CASE(opc, NAME) case opc:
+static int is_insn(uint32_t op) /* the opcode names an instruction */
+{
+    switch (op) {
+        P32_OPS(IS_INSN_CASE)
+        return 1;
+    default:
+        return 0;
+    }
+}
+#undef IS_INSN_CASE
+
+/* The word of the shadow copy the core would fetch next, or -1 where it would fetch none (a page never
+ * translated holds markers only, which is as good as -1 to the callers). */
+static int64_t copy_word(const int64_t *v, const int64_t *r, const uint8_t *host_mem, int64_t host_memsize,
+                         int64_t offset, int64_t memsize)
+{
+    int64_t base = v[P32_BASE], pc = v[P32_PC], gpa = base + pc, at;
+    if ((base | pc) & 3 || pc + 4 > v[P32_BOUND] || gpa + 4 > memsize)
+        return -1;
+    at = offset - r[P32_RW_SHADOW] + gpa;
+    if (at < 0 || at > host_memsize - 4)
+        return -1;
+    return load32(host_mem + at);
+}
+
+/* The counter of a callout of `word`: by instruction, mfcr/mtcr by control register, else "other". */
+static int callout_slot(int64_t word)
+{
+    int64_t op = word >> 24;
+    uint32_t orig, oop, cr;
+    if (op <= P32_RW_OP_CALLOUT || op > 255)
+        return P32_CNT_CALLOUT_OTHER;
+    orig = (uint32_t)word - ((uint32_t)P32_RW_TWIN << 24);
+    oop = orig >> 24;
+    if (!is_insn(oop) || (orig & p32_must_be_zero[oop]) || oop < P32_CALLOUT_OP0 || oop >= P32_CALLOUT_OP0 + 32)
+        return P32_CNT_CALLOUT_OTHER;
+    if (p32_cr_operand[oop]) {
+        cr = orig & 0xFFFFu;
+        if (cr >= P32_NUM_CRS)
+            return P32_CNT_CALLOUT_OTHER;
+        return P32_CNT_CALLOUT_CR + (oop == P32_OP_MTCR ? 16 : 0) + (int)cr;
+    }
+    return P32_CNT_CALLOUT_OP + (int)(oop - P32_CALLOUT_OP0);
+}
+
+/* True when the copy's `word` would call out at once: it is performed in the same exit. */
+static int batches(int64_t word)
+{
+    int64_t op = word >> 24;
+    uint32_t oop, cr;
+    if (op == P32_RW_OP_CALLOUT)
+        return 1;
+    if (op <= P32_RW_OP_CALLOUT || op > 255)
+        return 0;
+    oop = (uint32_t)op - P32_RW_TWIN;
+    if (oop == P32_OP_IRET || oop == P32_OP_HALT || oop == P32_OP_WFI || oop == P32_OP_IN || oop == P32_OP_OUT)
+        return 1;
+    cr = (uint32_t)word & 0xFFFFu;
+    return oop == P32_OP_MTCR && (cr == P32_CR_BASE || cr == P32_CR_BOUND || cr == P32_CR_TIMER);
+}
+
 int p32_run_vm(int64_t *v, int64_t *r, uint8_t *host_mem, int64_t host_memsize, int64_t offset, int64_t memsize,
-               int64_t budget, int64_t flags, int hybrid, int64_t *cnt, uint8_t *console, int64_t room)
+               int64_t budget, int64_t flags, int mode, int64_t *cnt, uint8_t *console, int64_t room)
 {
     const int64_t start = v[P32_STEPS];
+    const int rewrite = mode == P32_VM_REWRITE || mode == P32_VM_REWRITE_USER;
     int64_t none = 0;
     if (offset < 0 || memsize < 0 || offset > host_memsize - memsize) { /* never from the monitors */
         cnt[P32_CNT_CODE] = P32_EXIT_ERROR;
@@ -770,10 +834,10 @@ int p32_run_vm(int64_t *v, int64_t *r, uint8_t *host_mem, int64_t host_memsize, 
     }
     for (;;) {
         int64_t done = v[P32_STEPS] - start, timer, b, cycle0, retired, cause, mark, space;
-        int code, i;
+        int code, i, fetch;
         if (done >= budget)
             return P32_VMX_BUDGET;
-        if (hybrid && (v[P32_PSW] & P32_PSW_S))
+        if (mode == P32_VM_HYBRID && (v[P32_PSW] & P32_PSW_S))
             return P32_VMX_SUPERVISOR; /* the monitor interprets the guest kernel */
         if (v[P32_PSW] & P32_PSW_IE) { /* a due virtual interrupt (VM.inject) */
             if (v[P32_PENDING] & P32_PEND_TIMER) {
@@ -787,6 +851,9 @@ int p32_run_vm(int64_t *v, int64_t *r, uint8_t *host_mem, int64_t host_memsize, 
                 continue;
             }
         }
+        fetch = rewrite && ((v[P32_PSW] & P32_PSW_S) || mode == P32_VM_REWRITE_USER); /* run from the copy */
+        if (fetch && (v[P32_BASE] & 3))
+            return P32_VMX_INTERPRET; /* the copy's word grid does not fit: the monitor interprets */
         /* load the real CPU (VM.load_real_state) */
         for (i = P32_R0; i <= P32_PC; i++)
             r[i] = v[i];
@@ -807,7 +874,20 @@ int p32_run_vm(int64_t *v, int64_t *r, uint8_t *host_mem, int64_t host_memsize, 
         if (timer != 0 && timer < b)
             b = timer; /* stop exactly where the virtual timer expires */
         cycle0 = r[P32_CYCLE];
+        if (rewrite)
+            r[P32_RW_FETCH] = fetch;
+        if (fetch) { /* the virtual CPU, for the twins: cycle and timer as an offset and a deadline */
+            r[P32_RW_VPEND] = v[P32_PENDING];
+            for (i = 0; i < P32_NUM_CRS; i++)
+                r[P32_VCR0 + i] = v[P32_CR0 + i];
+            r[P32_VCR0 + P32_CR_CYCLE] = v[P32_CYCLE] - cycle0;
+            r[P32_VCR0 + P32_CR_TIMER] = timer ? cycle0 + timer : 0;
+        }
         code = run(r, host_mem, host_memsize, b, 0, 0, &none);
+        if (fetch) /* what the twins may have written: psw, the trap registers, ivt and scratch */
+            for (i = 0; i < P32_NUM_CRS; i++)
+                if (i != P32_CR_BASE && i != P32_CR_BOUND && i != P32_CR_TIMER && i != P32_CR_CYCLE)
+                    v[P32_CR0 + i] = r[P32_VCR0 + i];
         /* save it back (VM.save_real_state) */
         for (i = P32_R0; i <= P32_PC; i++)
             v[i] = r[i];
@@ -826,6 +906,32 @@ int p32_run_vm(int64_t *v, int64_t *r, uint8_t *host_mem, int64_t host_memsize, 
             if (code == P32_EXIT_HALT) {
                 v[P32_STATUS] = r[P32_STATUS];
                 return P32_VMX_HALT;
+            }
+            continue;
+        }
+        if (code == P32_EXIT_CALLOUT && rewrite) { /* the guest's word, and the next while they call out too */
+            const int64_t end = v[P32_STEPS] + b - retired;
+            int64_t word = copy_word(v, r, host_mem, host_memsize, offset, memsize);
+            cnt[P32_CNT_CALLOUTS]++;
+            for (;;) {
+                cnt[callout_slot(word)]++;
+                mark = v[P32_STEPS];
+                code = run(v, host_mem + offset, memsize, 1, console, room, &cnt[P32_CNT_CONSOLE]);
+                cnt[P32_CNT_EMULATED] += v[P32_STEPS] - mark;
+                if (code != P32_EXIT_BUDGET) {
+                    cnt[P32_CNT_CODE] = code;
+                    cnt[P32_CNT_BATCH_END] = end;
+                    return P32_VMX_CALLOUT;
+                }
+                if (v[P32_STEPS] >= end ||
+                    ((v[P32_PSW] & P32_PSW_IE) && (v[P32_PENDING] & (P32_PEND_TIMER | P32_PEND_DEVICE))))
+                    break;
+                if (!((v[P32_PSW] & P32_PSW_S) || mode == P32_VM_REWRITE_USER))
+                    break;
+                word = copy_word(v, r, host_mem, host_memsize, offset, memsize);
+                if (!batches(word))
+                    break; /* the core would run it (or fault on the fetch, or translate): back to the core */
+                cnt[P32_CNT_BATCHED]++;
             }
             continue;
         }

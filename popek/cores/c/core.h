@@ -18,6 +18,6 @@ int p32_run_console(int64_t *state, uint8_t *mem, int64_t memsize, int64_t budge
                     int64_t *nout);
 /* The VM-exit loop of the direct-execution monitors (core.c); returns a P32_VMX_* code. */
 int p32_run_vm(int64_t *v, int64_t *r, uint8_t *host_mem, int64_t host_memsize, int64_t offset, int64_t memsize,
-               int64_t budget, int64_t flags, int hybrid, int64_t *cnt, uint8_t *console, int64_t room);
+               int64_t budget, int64_t flags, int mode, int64_t *cnt, uint8_t *console, int64_t room);
 
 #endif

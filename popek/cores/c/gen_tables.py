@@ -76,15 +76,28 @@ VM_LOOP = {
     "VMX_CORE": 2,  # the core exited for the monitor with the code in CNT_CODE (rstate as the core left it)
     "VMX_VIRTUAL": 3,  # a step of the virtual CPU stopped with the code in CNT_CODE (port I/O, halt, idle)
     "VMX_SUPERVISOR": 4,  # hybrid: the guest is in virtual supervisor mode, for the monitor to interpret
+    "VMX_INTERPRET": 5,  # rewrite: code to run from the copy has a base not a multiple of 4 (for the monitor)
+    "VMX_CALLOUT": 6,  # rewrite: a callout's step stopped as VMX_VIRTUAL; the batch may go on until CNT_BATCH_END
+    "VM_TRAP": 0,  # modes of the loop: trap-and-emulate,
+    "VM_HYBRID": 1,  # the hybrid monitor (virtual supervisor mode interpreted),
+    "VM_REWRITE": 2,  # binary rewriting (the guest kernel runs from the shadow copy),
+    "VM_REWRITE_USER": 3,  # binary rewriting with user code from the copy as well
     "CNT_CAUSE": 0,  # EXIT_TRAP exits by cause: CNT_CAUSE + cause (causes above CNT_CAUSES - 1 share the last)
     "CNT_CAUSES": 32,
     "CNT_TIMER": 32,  # virtual timer expiries the core stopped for
     "CNT_EMULATED": 33,  # guest steps run in software on the virtual CPU
     "CNT_REFLECTED": 34,  # traps reflected into the guest kernel
     "CNT_INJECTED": 35,  # virtual interrupts delivered
-    "CNT_CODE": 36,  # with VMX_CORE and VMX_VIRTUAL: the exit code to finish
+    "CNT_CODE": 36,  # with VMX_CORE, VMX_VIRTUAL and VMX_CALLOUT: the exit code to finish
     "CNT_CONSOLE": 37,  # console bytes written into the buffer (the monitor appends them to the console)
-    "NCOUNTERS": 40,
+    "CNT_CALLOUTS": 38,  # rewrite: callout exits
+    "CNT_BATCHED": 39,  # rewrite: callouts performed in the exit of the one before (callouts_batched)
+    "CNT_BATCH_END": 40,  # with VMX_CALLOUT: the guest step count at which the batch of callouts must end
+    "CNT_CALLOUT_OTHER": 41,  # rewrite: callouts of a word that names no instruction (callout.other)
+    "CNT_CALLOUT_OP": 48,  # callouts of an instruction by its opcode: CNT_CALLOUT_OP + opcode - CALLOUT_OP0
+    "CALLOUT_OP0": 0x40,  # the first opcode counted so (the system instructions lie in 0x40-0x5F)
+    "CNT_CALLOUT_CR": 80,  # mfcr by CR at CNT_CALLOUT_CR + cr, mtcr at CNT_CALLOUT_CR + 16 + cr
+    "NCOUNTERS": 112,
 }
 
 

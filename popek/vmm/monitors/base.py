@@ -46,11 +46,11 @@ class DirectExecution(Monitor):
         """The compiled exit loop to run guests with, or None to handle every exit in Python."""
         return exit_loop(self.core) if self.compiled_exits else None
 
-    def run_compiled(self, vm: VM, loop: ExitLoop, budget: int, hybrid: bool = False) -> int:
+    def run_compiled(self, vm: VM, loop: ExitLoop, budget: int, mode: int = vmexit.VM_TRAP) -> int:
         """Run the guest through the compiled exit loop until a rare exit, which is handled here; return steps."""
         v = vm.vstate
         start = v.item(S.STEPS)
-        kind = loop(v, vm.rstate, vm.host_mem, vm.offset, vm.memsize, budget, self.flags, hybrid, vm.counters,
+        kind = loop(v, vm.rstate, vm.host_mem, vm.offset, vm.memsize, budget, self.flags, mode, vm.counters,
                     vm.console_out)  # fmt: skip
         code = vm.take_counters()
         if kind == vmexit.VMX_HALT:
@@ -60,12 +60,24 @@ class DirectExecution(Monitor):
                 if kind == vmexit.VMX_CORE:
                     self.handle_exit(vm, code)
                 elif kind == vmexit.VMX_VIRTUAL:  # a step of the virtual CPU left its port I/O, halt or wfi
-                    mark = v.item(S.STEPS)
-                    vm.device_exit(code)
-                    vm.stats.emulated += v.item(S.STEPS) - mark
-                else:  # VMX_SUPERVISOR: the hybrid monitor interprets the guest kernel
+                    self.finish_step(vm, code)
+                elif kind == vmexit.VMX_SUPERVISOR:  # the hybrid monitor interprets the guest kernel
                     vm.emulate(budget - (v.item(S.STEPS) - start), until_user=True)
+                else:
+                    self.loop_exit(vm, kind, code, budget - (v.item(S.STEPS) - start))
         return v.item(S.STEPS) - start
+
+    @staticmethod
+    def finish_step(vm: VM, code: int) -> None:
+        """Finish on the virtual devices a step the compiled loop emulated (its port I/O, halt or wfi)."""
+        v = vm.vstate
+        mark = v.item(S.STEPS)
+        vm.device_exit(code)
+        vm.stats.emulated += v.item(S.STEPS) - mark
+
+    def loop_exit(self, vm: VM, kind: int, code: int, budget: int) -> None:
+        """Handle a return of the compiled loop that only this monitor makes (``kind``, a VMX_* code)."""
+        vm.error = f"unexpected return {kind} from the compiled exit loop"
 
     def run_direct(self, vm: VM, budget: int) -> int:
         """Deliver a due virtual interrupt or run the guest on the core until its next exit; return steps."""

@@ -7,6 +7,7 @@ unnoticed.
 
 from __future__ import annotations
 
+from popek.cores import vmexit
 from popek.vmm.monitors.base import DirectExecution
 from popek.vmm.vm import VM, Stopwatch
 
@@ -22,7 +23,7 @@ class Hybrid(DirectExecution):
         loop, done = self.exit_loop(), 0
         while done < budget and not vm.stopped:
             if loop is not None:  # both modes in the compiled loop (the kernel on the emulator)
-                done += self.run_compiled(vm, loop, budget - done, hybrid=True)
+                done += self.run_compiled(vm, loop, budget - done, vmexit.VM_HYBRID)
             elif vm.supervisor:
                 with Stopwatch(vm.stats):
                     done += vm.emulate(budget - done, until_user=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from popek.cores import CoreRun
+from popek.cores import CoreRun, vmexit
 from popek.cores.reference import cached_decode
 from popek.isa import spec
 from popek.isa import state as S
@@ -142,9 +142,13 @@ class BinaryRewriting(DirectExecution):
         """Advance the guest by at most ``budget`` steps."""
         if self.plan is None:
             raise RuntimeError("the rewrite monitor needs host memory for its shadow copy: run it through Host")
-        done = 0
+        loop, done = self.exit_loop(), 0
+        mode = vmexit.VM_REWRITE_USER if self.plan.user_copy else vmexit.VM_REWRITE
         while done < budget and not vm.stopped:
-            done += self.advance(vm, budget - done)
+            if loop is not None:  # callouts, traps and interrupts in the compiled loop; translations come back
+                done += self.run_compiled(vm, loop, budget - done, mode)
+            else:
+                done += self.advance(vm, budget - done)
         return done
 
     def advance(self, vm: VM, budget: int) -> int:
@@ -174,14 +178,29 @@ class BinaryRewriting(DirectExecution):
         if self.ran_on(vm, code, bool(timer)):
             return retired
         with Stopwatch(vm.stats):
-            if code == S.EXIT_XLATE:
-                vm.stats.exits["xlate"] += 1
-                self.translate_at(vm)
-                return retired
             if code == S.EXIT_CALLOUT:
                 vm.stats.exits["callout"] += 1
                 return retired + self.callouts(vm, budget - retired)
             return retired + self.handle_exit(vm, code)
+
+    def handle_exit(self, vm: VM, code: int) -> int:
+        """A fetch found a marker: translate the page; any other exit as under trap-and-emulate."""
+        if code == S.EXIT_XLATE:
+            vm.stats.exits["xlate"] += 1
+            self.translate_at(vm)
+            return 0
+        return super().handle_exit(vm, code)
+
+    def loop_exit(self, vm: VM, kind: int, code: int, budget: int) -> None:
+        """What the compiled loop leaves to this monitor: interpreting code at an unaligned base, or a callout
+        that stopped for the virtual devices (then the batch goes on as ``callouts`` would)."""
+        if kind == vmexit.VMX_INTERPRET:
+            self.interpret(vm, budget)
+        elif kind == vmexit.VMX_CALLOUT:
+            self.finish_step(vm, code)
+            self.batch(vm, vm.batch_end)
+        else:
+            super().loop_exit(vm, kind, code, budget)
 
     def callouts(self, vm: VM, budget: int) -> int:
         """Perform the guest's instruction at pc, and the next ones while they would call out again.
@@ -189,19 +208,26 @@ class BinaryRewriting(DirectExecution):
         Emulation is exact whatever follows; the copy only tells whether going back to the core would be an
         exit straight away (``mtcr timer`` then ``iret`` at the end of a timer handler is one exit, not two).
         """
-        n, word = 0, self.copy_word(vm)
+        start = vm.vstate.item(S.STEPS)
+        vm.stats.extra[self.callout_name(self.copy_word(vm))] += 1
+        vm.emulate_one()
+        self.batch(vm, start + budget)
+        return vm.vstate.item(S.STEPS) - start
+
+    def batch(self, vm: VM, end: int) -> None:
+        """After a callout, perform the next words while they would call out too, until step ``end``."""
         while True:
-            vm.stats.extra[self.callout_name(word)] += 1
-            n += vm.emulate_one()
-            if n >= budget or vm.stopped or vm.interrupt_due() is not None:
-                return n
+            if vm.vstate.item(S.STEPS) >= end or vm.stopped or vm.interrupt_due() is not None:
+                return
             if not (vm.supervisor or self.plan.user_copy):
-                return n
+                return
             word = self.copy_word(vm)
             op = word >> 24
             if not (op in _ALWAYS_OUT or (op == _MTCR_TWIN and word & 0xFFFF in _MTCR_OUT)):
-                return n  # the core would run it (or fault on the fetch, or translate): go back to the core
+                return  # the core would run it (or fault on the fetch, or translate): go back to the core
             vm.stats.extra["callouts_batched"] += 1
+            vm.stats.extra[self.callout_name(word)] += 1
+            vm.emulate_one()
 
     def copy_word(self, vm: VM) -> int:
         """The word of the copy the core would fetch next, or -1 where it would not fetch from a translation."""
