@@ -1,6 +1,6 @@
 """What a VM exit costs: the round trip of one exit under trap-and-emulate, above the bare machine, by cause.
 
-    python benchmarks/exits.py [--repeat 7] [--cores jit,c] [--json FILE]
+    python benchmarks/exits.py [--repeat 7] [--cores jit,c] [--monitors trap,rewrite] [--json FILE]
 
 Four small guests each make one kind of exit in a loop: ``out`` (the kernel prints: a PRIV exit whose emulation
 writes the console), ``mfcr`` (the kernel reads a control register: a PRIV exit), ``syscall`` (a user task's
@@ -11,6 +11,10 @@ handler re-arms it with two PRIV exits: ``mtcr timer`` and ``iret``). Each runs 
 (``compiled_exits = False``). An exit's round trip is (wall under trap - wall on bare) / exits, the median of
 ``--repeat`` runs; a cause's own cost is derived from it (a SYSCALL reflection: the syscall loop's time less four
 PRIV exits at the ``mfcr`` loop's price; a timer expiry with its injection: the timer loop's less two).
+
+Under ``rewrite`` the loops that exit at every iteration are timed too: ``out`` (a callout the compiled loop
+performs on the emulator), ``syscall`` (the reflected system call and one ``iret`` callout) and ``timer`` (the
+expiry with its injection, and ``mtcr timer`` and ``iret`` performed in one callout exit).
 
 Also the cost model the monitors' benchmarks rest on: ns per guest instruction on each core (a CPU-bound guest on
 the bare machine) and the emulator's MIPS (the same guest under full emulation).
@@ -111,29 +115,35 @@ def run(image: bytes, monitor: str, core: str, compiled: bool = True) -> tuple[f
     return secs, result.stats, result.steps
 
 
-def exit_costs(core: str, repeat: int, n: int) -> list[dict]:
-    """The µs per exit of every loop, compiled and Python exit paths, above bare."""
+# the loops that exit at every iteration under rewrite (its twin reads scratch on the core: no exit at all)
+REWRITE_LOOPS = ("out", "syscall", "timer")
+
+
+def exit_costs(core: str, repeat: int, n: int, monitor: str = "trap") -> list[dict]:
+    """The µs per exit of every loop under ``monitor``, compiled and Python exit paths, above bare."""
     rows = []
     for name, source in LOOPS.items():
+        if monitor == "rewrite" and name not in REWRITE_LOOPS:
+            continue
         for compiled in (True, False):
             count = n if compiled else max(n // 20, 1000)  # the Python path is slow: fewer exits do
             image = assemble(source.format(n=count)).image
-            run(image, "trap", core, compiled)  # warm up (compiles on first use)
+            run(image, monitor, core, compiled)  # warm up (compiles on first use)
             per_exit, stats = [], {}
             for _ in range(repeat):
                 bare, _, _ = run(image, "bare", core)
-                trap, stats, _ = run(image, "trap", core, compiled)
-                per_exit.append((trap - bare) / stats["total_exits"] * 1e6)
-            rows.append({"core": core, "loop": name, "exit path": "compiled" if compiled else "python",
-                         "exits": stats["exits"], "total_exits": stats["total_exits"],
-                         "us_per_exit": statistics.median(per_exit)})  # fmt: skip
+                wall, stats, _ = run(image, monitor, core, compiled)
+                per_exit.append((wall - bare) / stats["total_exits"] * 1e6)
+            rows.append({"core": core, "monitor": monitor, "loop": name,
+                         "exit path": "compiled" if compiled else "python", "exits": stats["exits"],
+                         "total_exits": stats["total_exits"], "us_per_exit": statistics.median(per_exit)})  # fmt: skip
     return rows
 
 
 def derived(rows: list[dict]) -> list[dict]:
     """Per cause: PRIV (the mfcr loop), SYSCALL and TIMER (their loops less their PRIV exits), per exit path."""
     out = []
-    for (core, path), group in _groups(rows).items():
+    for (core, path), group in _groups([r for r in rows if r["monitor"] == "trap"]).items():
         by = {r["loop"]: r for r in group}
         priv = by["mfcr"]["us_per_exit"]
         out.append({"core": core, "exit path": path, "cause": "PRIV (mfcr emulated)", "us": priv})
@@ -169,6 +179,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--cores", default="jit,c")
     p.add_argument("--exits", type=int, default=200_000, help="exits per loop on the compiled path")
+    p.add_argument("--monitors", default="trap,rewrite", help="comma-separated: trap (by cause too), rewrite")
     p.add_argument("--json", help="write the results as JSON here")
     args = p.parse_args()
     rows, models = [], []
@@ -178,15 +189,16 @@ def main() -> None:
         except CoreUnavailable as e:
             print(f"skipping {core}: {e}")
             continue
-        rows += exit_costs(core, args.repeat, args.exits)
+        for monitor in args.monitors.split(","):
+            rows += exit_costs(core, args.repeat, args.exits, monitor)
         models.append(cost_model(core, args.repeat))
     console = Console()
-    t = Table(title="exit round trip under trap, above bare (median)")
-    for col in ("core", "loop", "exit path", "exits", "µs / exit"):
+    t = Table(title="exit round trip, above bare (median)")
+    for col in ("core", "monitor", "loop", "exit path", "exits", "µs / exit"):
         t.add_column(col, justify="right" if col == "µs / exit" else "left")
     for r in rows:
         mix = ", ".join(f"{k} {v}" for k, v in sorted(r["exits"].items()))
-        t.add_row(r["core"], r["loop"], r["exit path"], mix, f"{r['us_per_exit']:.3f}")
+        t.add_row(r["core"], r["monitor"], r["loop"], r["exit path"], mix, f"{r['us_per_exit']:.3f}")
     console.print(t)
     causes = derived(rows)
     t = Table(title="µs per exit, by cause")

@@ -24,16 +24,17 @@ from popek.isa.asm import assemble_file  # noqa: E402
 from popek.vmm.host import GuestSpec, Host  # noqa: E402
 from popek.vmm.monitors import STRATEGIES  # noqa: E402
 
-# (name, source, defines): the kernel, a CPU-bound, a system-call-heavy and a timer-heavy guest.
+# (name, source, defines): the kernel, a CPU-bound, a system-call-heavy and a timer-heavy guest, each long enough
+# (2-5 ms on the bare machine) that a host's set-up and a monitor's first translations do not decide the ratio.
 WORKLOADS = [
-    ("kernel", "guests/kernel/kernel.s", {}),
-    ("cpu (primes)", "guests/programs/primes.s", {"REPEAT": 10}),  # long enough (4 ms bare) to amortize set-up
-    ("syscalls", "guests/programs/syscalls.s", {"COUNT": 5000}),
-    ("timer", "guests/programs/ticks.s", {"PERIOD": 100, "WORK": 50000}),
+    ("kernel", "guests/kernel/kernel.s", {"ROUNDS": 200}),
+    ("cpu (primes)", "guests/programs/primes.s", {"REPEAT": 10}),
+    ("syscalls", "guests/programs/syscalls.s", {"COUNT": 50000}),
+    ("timer", "guests/programs/ticks.s", {"PERIOD": 100, "WORK": 500000}),
 ]
 # pv runs a workload's paravirtual build where it has one (the same work, its kernel ported to hypercalls).
-PV_BUILDS = {"kernel": ("guests/kernel/kernel.s", {"PARAVIRT": 1}),
-             "syscalls": ("guests/programs/syscalls.s", {"COUNT": 5000, "PARAVIRT": 1})}  # fmt: skip
+PV_BUILDS = {"kernel": ("guests/kernel/kernel.s", {"ROUNDS": 200, "PARAVIRT": 1}),
+             "syscalls": ("guests/programs/syscalls.s", {"COUNT": 50000, "PARAVIRT": 1})}  # fmt: skip
 
 
 def run_once(image: bytes, monitor: str, core: str, profile: str) -> tuple[float, object]:

@@ -9,12 +9,15 @@
 .equ UBUF,          0xC00           # line buffer (virtual); the stack grows down from the region's top
 .equ WORK,          200             # hash steps per round, times the pid
 .equ HASH_SEED,     5381
+.ifndef ROUNDS
+.equ ROUNDS,        2               # rounds beyond the pid (-D ROUNDS=n makes a longer run)
+.endif
 
 t_start:
     syscall SYS_GETPID
     mov r10, r2
     li r11, 1
-    addi r12, r10, 2                # pid + 2 rounds
+    addi r12, r10, ROUNDS           # pid + ROUNDS rounds
     li r13, HASH_SEED
 1:  li r4, WORK
     mul r2, r4, r10
