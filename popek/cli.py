@@ -16,6 +16,7 @@ from popek.isa import state as S
 from popek.isa.files import MAX_IMAGE_FILE, InputError, read_input
 from popek.isa.profiles import ProfileError, load_profile
 from popek.isa.spec import PSW_S, cause_name
+from popek.terminal import Stream, escape_for
 from popek.vmm.host import DEFAULT_CORE, DEFAULT_MEMSIZE, RunResult, parse_size
 from popek.vmm.process import ProcessResult
 from popek.vmm.vm import VM
@@ -58,6 +59,17 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0 seconds")
     return value
 
 
@@ -107,12 +119,13 @@ def _trace_step(vm: VM, before: np.ndarray) -> None:
         pc, base = int(before[S.PC]), int(before[S.BASE])
         word = int.from_bytes(vm.mem[base + pc : base + pc + 4].tobytes(), "little")
         mode = "S" if before[S.PSW] & PSW_S else "U"
-        print(f"{int(before[S.CYCLE]):>10} {mode} {pc:08x}: {word:08x}  {disassemble_word(word, pc)}")
+        print(f"{int(before[S.CYCLE]):>10} {mode} {pc:08x}: {word:08x}  {disassemble_word(word, pc)}", file=sys.stderr)
     elif after[S.STEPS] != before[S.STEPS]:  # a trap or interrupt was taken
         cause = int(after[S.CAUSE])
         print(
             f"{'':>10} ---- trap {cause_name(cause)} ({cause}) at epc={int(after[S.EPC]):08x} "
-            f"badaddr={int(after[S.BADADDR]):#x} -> {int(after[S.PC]):08x}"
+            f"badaddr={int(after[S.BADADDR]):#x} -> {int(after[S.PC]):08x}",
+            file=sys.stderr,
         )
 
 
@@ -147,15 +160,19 @@ def run_guest(args: argparse.Namespace) -> RunResult:
     host = Host([spec], args.core)
     if args.trace:
         host.monitors[0].on_step = _trace_step
-    return host.run(args.max_steps)[0]
+    if not args.json:  # the guest's output appears as it is produced, not at the end
+        host.vms[0].console.output.sink = Stream(sys.stdout)
+    return host.run(args.max_steps, timeout=args.timeout)[0]
 
 
-def _show_run(args: argparse.Namespace, result: RunResult | ProcessResult) -> None:
+def _show_run(args: argparse.Namespace, result: RunResult | ProcessResult, streamed: bool = False) -> None:
     """Print what a run wrote (or its JSON object), then why it stopped when it did not end on its own."""
     if args.json:
         print(json.dumps(result.to_json()))
+    elif streamed:
+        sys.stdout.flush()  # written while the guest ran
     else:
-        sys.stdout.write(result.console)
+        sys.stdout.write(escape_for(sys.stdout, result.console))
         sys.stdout.flush()
     if result.message:
         print(f"popek: {result.message}", file=sys.stderr)
@@ -184,12 +201,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = run_guest(args)
     wall = time.perf_counter() - t0
-    _show_run(args, result)
+    _show_run(args, result, streamed=not args.json)
     if args.stats:
         _print_stats(result, wall)
     if result.halted:
         return result.status
-    return EXIT_LIMIT if result.exit == "limit" else EXIT_STUCK
+    return EXIT_LIMIT if result.exit in ("limit", "timeout") else EXIT_STUCK
 
 
 # --- host -----------------------------------------------------------------------------------------------
@@ -205,14 +222,18 @@ def cmd_host(args: argparse.Namespace) -> int:
         specs.append(GuestSpec(name, image, monitor or "trap", profile or None, parse_size(args.mem)))
         names.append(name)
     host = Host(specs, args.core)
-    results = host.run(args.max_steps, args.slice)
     width = max(len(n) for n in names)
+    streams = []
+    if not args.json:  # each VM's lines appear as it writes them, prefixed with its name and escaped
+        for name, vm in zip(names, host.vms, strict=True):
+            vm.console.output.sink = stream = Stream(sys.stdout, prefix=f"{name:<{width}} | ", always_escape=True)
+            streams.append(stream)
+    results = host.run(args.max_steps, args.slice, timeout=args.timeout)
     if args.json:
         print(json.dumps({n: r.to_json() for n, r in zip(names, results, strict=True)}))
     else:
-        for name, r in zip(names, results, strict=True):
-            for line in r.console.splitlines() or [""]:
-                print(f"{name:<{width}} | {line}")
+        for stream in streams:
+            stream.close()
         _print_host_table(names, results)
     return 0 if all(r.halted for r in results) else 1
 
@@ -298,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--core", default=DEFAULT_CORE, choices=CORE_NAMES, help=f"default {DEFAULT_CORE}")
         sp.add_argument("--mem", default=str(DEFAULT_MEMSIZE), help="memory size per machine: 65536, 64K, 4M...")
         sp.add_argument("--max-steps", type=_positive, default=100_000_000, help="stop a guest after this many steps")
+        sp.add_argument("--timeout", type=_seconds, default=None, help="stop after this many seconds of wall time")
         common(sp)
 
     r = sub.add_parser("run", help="run a guest program")
@@ -370,32 +392,44 @@ def _load_jit_core() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``popek`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in argv  # then stdout carries one JSON object, errors included
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse has printed the usage error on stderr
+        if as_json and e.code:
+            print(json.dumps({"exit": "usage", "error": "usage error (see stderr)", "status": e.code}))
+        raise
+    code, message = _dispatch(args)
+    if message is not None:
+        print(message, file=sys.stderr)
+        if as_json:
+            print(json.dumps({"exit": "error", "error": message.removeprefix("popek: error: "), "status": code}))
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> tuple[int, str | None]:
+    """Run the subcommand; return its exit status and, for a failure, the message to show instead of a traceback."""
     from popek.isa.asm import AsmError
 
-    args = build_parser().parse_args(argv)
     try:
         if getattr(args, "profile", None):
             load_profile(args.profile)  # report a bad profile before anything runs
         if getattr(args, "core", None) == "jit":
             _load_jit_core()
-        return args.fn(args)
+        return args.fn(args), None
     except AsmError as e:
-        print(str(e), file=sys.stderr)
-        return 1
+        return 1, str(e)
     except (UsageError, ProfileError, CoreUnavailable, ValueError) as e:
-        print(f"popek: error: {e}", file=sys.stderr)
-        return 2
+        return 2, f"popek: error: {e}"
     except BrokenPipeError:
-        return 0
+        return 0, None
     except MemoryError:  # a guest memory or an input larger than this machine can hold
-        print("popek: error: out of memory (try a smaller --mem, fewer guests or a smaller input)", file=sys.stderr)
-        return 2
+        return 2, "popek: error: out of memory (try a smaller --mem, fewer guests or a smaller input)"
     except OSError as e:  # an input that cannot be read, an output that cannot be written
-        print(f"popek: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return 2, f"popek: error: {e.filename or ''}: {e.strerror or e}"
     except KeyboardInterrupt:
-        print("popek: interrupted", file=sys.stderr)
-        return 130
+        return 130, "popek: interrupted"
 
 
 if __name__ == "__main__":

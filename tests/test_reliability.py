@@ -121,3 +121,36 @@ def test_a_flooding_guest_keeps_host_memory_bounded() -> None:
     result = host.run(max_steps=300_000)[0]
     assert result.exit == "limit" and len(host.vms[0].console.output) == 1000 <= OUTPUT_CAP
     assert result.console.endswith("more bytes not kept]\n") and host.vms[0].console.output.dropped > 50_000
+
+
+# --- the command line: JSON always parses, traces stay off stdout, guests cannot drive the terminal ---------
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "/no/such.s", "--json"],
+        ["run", HELLO, "--json", "--max-steps", "-1"],
+        ["run", HELLO, "--json", "--profile", "nosuchprofile"],
+        ["run", str(GUESTS / "demos" / "spin.s"), "--json", "--max-steps", "1000"],
+        ["run", HELLO, "--json", "--trace"],
+        ["host", HELLO, "/dev/zero", "--json"],
+    ],
+)
+def test_json_mode_prints_one_json_object_whatever_happens(args: list[str], capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_cli(args, capsys)
+    data = json.loads(out)
+    assert isinstance(data, dict)
+    if "error" in data:
+        assert data["status"] == code != 0 and data["exit"] in ("error", "usage")
+    elif "exit" in data:
+        assert data["exit"] in ("halt", "limit") and (data["exit"] == "halt") == (code == 0)
+
+
+def test_a_guests_escape_sequences_are_shown_not_obeyed_beside_another_guest(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    forger = tmp_path / "forger.s"
+    forged = "\rhello-2 | I am hello\x1b[2J\n"
+    forger.write_text("".join(f"li r4, {ord(c)}\nout 0, r4\n" for c in forged) + "li r1, 0\nhalt\n")
+    code, out, _ = run_cli(["host", str(forger), HELLO], capsys)
+    assert code == 0
+    assert out.splitlines() == ["forger-1 | \\x0dhello-2 | I am hello\\x1b[2J", "hello-2  | Hello from P32!"]
