@@ -154,3 +154,64 @@ def test_a_guests_escape_sequences_are_shown_not_obeyed_beside_another_guest(
     code, out, _ = run_cli(["host", str(forger), HELLO], capsys)
     assert code == 0
     assert out.splitlines() == ["forger-1 | \\x0dhello-2 | I am hello\\x1b[2J", "hello-2  | Hello from P32!"]
+
+
+# --- hostile guests beside a good one ----------------------------------------------------------------------
+HOSTILE = {
+    "storm": "",  # an empty image: every fetch is ILLEGAL, and so is the vector's
+    "spin": "li r4, 1\nmtcr psw, r4\n1: j 1b\n",  # interrupts off, forever
+    "flood": "li r4, 'x'\n1: out 0, r4\nj 1b\n",
+    "hcalls": "li r5, 0\n1: hcall 3\nhcall 9\nhcall 0x7FF\naddi r5, r5, 1\nj 1b\n",
+    "device": "".join(f"li r4, {v}\nout {p}, r4\n" for p in range(0x10, 0x19) for v in (0, 3, 0xFFFFFFF0, 0x100000))
+    + "1: out 0x16, r0\nj 1b\n",  # every NIC register with garbage, then a doorbell storm
+    "escape": "li r4, 0\nmtcr base, r4\nli r4, -1\nmtcr bound, r4\nli r4, 0\nmtcr psw, r4\n"
+    "li r5, 0x200000\nst r5, 0(r5)\nld r6, 4(r5)\nhalt\n",  # drop to user mode with R opened wide, then reach out
+    "terminal": "".join(f"li r4, {ord(c)}\nout 0, r4\n" for c in "\x1b]0;pwned\x07\x1b[2J\rhello-1 | fake\n")
+    + "halt\n",
+}
+
+
+@pytest.mark.parametrize("monitor", ["bare", "full", "trap", "rewrite", "hybrid"])
+def test_hostile_guests_are_contained_and_the_good_one_finishes_exactly(
+    monitor: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from popek.isa.asm import assemble
+
+    guests = []
+    for name, source in HOSTILE.items():
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(assemble(source).image if source else b"")
+        guests.append(f"{path}:{monitor}")
+    code, out, _ = run_cli(
+        ["host", f"{HELLO}:{monitor}", *guests, "--json", "--max-steps", "300000", "--mem", "64K"], capsys
+    )
+    results = json.loads(out)
+    hello = results["hello-1"]
+    assert hello["exit"] == "halt" and hello["console"] == "Hello from P32!\n" and code == 1
+    assert (
+        hello["steps"]
+        == json.loads(run_cli(["run", HELLO, "--monitor", monitor, "--json", "--mem", "64K"], capsys)[1])["steps"]
+    )  # exactly what it does alone
+    assert results["storm-2"]["exit"] == "trap-loop"
+    assert results["spin-3"]["exit"] == "limit" and results["flood-4"]["exit"] == "limit"
+    assert len(results["flood-4"]["console"]) < 400_000  # bounded by the steps it was given
+    assert out.count("\n") == 1 and "\x1b" not in out  # one JSON line: the escapes are inside its strings
+
+
+def test_profile_files_of_random_bytes_give_clear_errors(tmp_path: Path) -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from popek.isa.profiles import ProfileError, load_profile
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+    def check(data: bytes) -> None:
+        path = tmp_path / "p.toml"
+        path.write_bytes(data)
+        try:
+            load_profile(str(path))
+        except ProfileError as e:
+            assert str(e).startswith(str(path))
+
+    check()
