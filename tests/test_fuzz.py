@@ -1,0 +1,47 @@
+"""Fuzzing: random images on every core and under every monitor, on both profiles, never raise on the host.
+
+CI runs a few hundred programs; ``POPEK_FUZZ=100000 python -m pytest tests/test_fuzz.py`` runs as many as asked
+(docs/reliability.md has the figures of the last long run).
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from popek.cores import CoreUnavailable, get_core
+from popek.vmm.host import GuestSpec, Host
+from popek.vmm.monitors import MONITORS
+
+EXAMPLES = int(os.environ.get("POPEK_FUZZ", "300"))
+EXITS = {"halt", "limit", "idle", "trap-loop", "error"}
+
+
+def _available(core: str) -> bool:
+    try:
+        get_core(core)
+    except CoreUnavailable:
+        return False
+    return True
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=EXAMPLES <= 300)
+@given(
+    image=st.binary(max_size=1024),
+    monitor=st.sampled_from(sorted(MONITORS)),
+    profile=st.sampled_from(["classic", "x86like"]),
+    core=st.sampled_from(["jit", "c"]),
+    memsize=st.sampled_from([4096, 16384]),
+)
+def test_random_images_never_raise_on_the_host(
+    image: bytes, monitor: str, profile: str, core: str, memsize: int
+) -> None:
+    if not _available(core):
+        core = "jit"
+    host = Host([GuestSpec("fuzz", image, monitor, profile, memsize)], core)
+    result = host.run(max_steps=3000)[0]
+    assert result.exit in EXITS and 0 <= result.steps and len(result.regs) == 16
+    if result.exit == "error":  # a monitor may refuse what it cannot do, never fail without saying why
+        assert result.message
