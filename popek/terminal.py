@@ -7,6 +7,7 @@ import codecs
 import re
 from typing import TextIO
 
+LINE_MAX = 4096  # characters of one unfinished line held back before it is shown anyway
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but \t and \n
 
 
@@ -44,6 +45,9 @@ class Stream:
             self.out.flush()
             return
         *lines, self.partial = (self.partial + text).split("\n")
+        while len(self.partial) > LINE_MAX:  # a line without end is shown in pieces, not kept whole
+            lines.append(self.partial[:LINE_MAX])
+            self.partial = self.partial[LINE_MAX:]
         if lines:
             self.out.write("".join(f"{self.prefix}{line}\n" for line in lines))
             self.out.flush()

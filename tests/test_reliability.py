@@ -215,3 +215,17 @@ def test_profile_files_of_random_bytes_give_clear_errors(tmp_path: Path) -> None
             assert str(e).startswith(str(path))
 
     check()
+
+
+def test_a_line_without_end_is_shown_in_pieces_not_held_whole() -> None:
+    import io
+
+    from popek.terminal import LINE_MAX, Stream
+
+    out = io.StringIO()
+    stream = Stream(out, prefix="vm | ")
+    for _ in range(10):
+        stream(b"x" * 1000)
+    assert out.getvalue() == f"vm | {'x' * LINE_MAX}\n" * 2 and len(stream.partial) == 10_000 - 2 * LINE_MAX
+    stream.close()
+    assert out.getvalue().endswith(f"vm | {'x' * (10_000 - 2 * LINE_MAX)}\n")
