@@ -17,7 +17,7 @@ from popek.isa.files import MAX_IMAGE_FILE, InputError, read_input
 from popek.isa.profiles import ProfileError, load_profile
 from popek.isa.spec import PSW_S, cause_name
 from popek.terminal import Stream, escape_for
-from popek.vmm.host import DEFAULT_CORE, DEFAULT_MEMSIZE, RunResult, parse_size
+from popek.vmm.host import DEFAULT_CORE, DEFAULT_MEMSIZE, Host, RunResult, parse_size
 from popek.vmm.process import ProcessResult
 from popek.vmm.vm import VM
 
@@ -154,6 +154,8 @@ def run_guest(args: argparse.Namespace) -> RunResult:
 
     image, _ = load_program(args.file, _defines(args.define))
     console_input = args.input.encode() if args.input else b""
+    if (args.save_at is None) != (args.snapshot is None):
+        raise UsageError("--save-at and --snapshot go together: the step to stop at and the file to write")
     if args.trace and args.monitor != "bare":
         raise UsageError("--trace is available on the bare machine (--monitor bare)")
     spec = GuestSpec(Path(args.file).stem, image, args.monitor, args.profile, parse_size(args.mem), console_input)
@@ -162,7 +164,21 @@ def run_guest(args: argparse.Namespace) -> RunResult:
         host.monitors[0].on_step = _trace_step
     if not args.json:  # the guest's output appears as it is produced, not at the end
         host.vms[0].console.output.sink = Stream(sys.stdout)
-    return host.run(args.max_steps, timeout=args.timeout)[0]
+    if args.save_at is None:
+        return host.run(args.max_steps, timeout=args.timeout)[0]
+    return _run_and_save(args, host)
+
+
+def _run_and_save(args: argparse.Namespace, host: Host) -> RunResult:
+    """Run to step --save-at (or until the guest stops first), then write the snapshot and stop."""
+    from popek.vmm import snapshot
+
+    result = host.run(args.save_at, timeout=args.timeout)[0]
+    size = snapshot.save(host, args.snapshot)
+    print(f"popek: saved step {result.steps} to {args.snapshot} ({size:,} bytes)", file=sys.stderr)
+    if result.exit == "limit":  # stopped for the snapshot, as asked: not a failure
+        result.exit, result.message = "saved", ""
+    return result
 
 
 def _show_run(args: argparse.Namespace, result: RunResult | ProcessResult, streamed: bool = False) -> None:
@@ -204,9 +220,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     _show_run(args, result, streamed=not args.json)
     if args.stats:
         _print_stats(result, wall)
+    return _exit_status(result)
+
+
+def _exit_status(result: RunResult) -> int:
+    """``popek run``'s exit status for a result: the guest's own, or why it did not halt."""
     if result.halted:
         return result.status
+    if result.exit == "saved":
+        return 0
     return EXIT_LIMIT if result.exit in ("limit", "timeout") else EXIT_STUCK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """popek resume: continue a saved guest as ``popek run`` would have, with its output and exit status."""
+    from popek.vmm import snapshot
+
+    snap = snapshot.read(_input_file(args.file))
+    if args.image is not None:
+        snapshot.check(snap, image=load_program(args.image, _defines(args.define))[0])
+    snapshot.check(snap, profile=args.profile)
+    t0 = time.perf_counter()
+    host = snapshot.restore(snap, args.core, args.monitor)
+    if not args.json:  # only what the guest writes from here on: the earlier output was shown when it ran
+        host.vms[0].console.output.sink = Stream(sys.stdout)
+    result = host.run(args.max_steps, timeout=args.timeout)[0]
+    wall = time.perf_counter() - t0
+    _show_run(args, result, streamed=not args.json)
+    if args.stats:
+        _print_stats(result, wall)
+    return _exit_status(result)
 
 
 # --- host -----------------------------------------------------------------------------------------------
@@ -331,8 +374,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON object instead of the console")
     r.add_argument("--input", help="bytes for the console to read")
     r.add_argument("--process", action="store_true", help="run FILE as a user process, served by the host")
+    r.add_argument("--save-at", type=_positive, metavar="N", help="stop after N steps and save a snapshot")
+    r.add_argument("--snapshot", metavar="FILE", help="where --save-at writes the snapshot")
     machine_options(r)
     r.set_defaults(fn=cmd_run)
+
+    rs = sub.add_parser("resume", help="continue a guest from a snapshot (popek run --save-at N --snapshot FILE)")
+    rs.add_argument("file", metavar="SNAPSHOT")
+    rs.add_argument("--core", default=DEFAULT_CORE, choices=CORE_NAMES, help=f"default {DEFAULT_CORE}")
+    rs.add_argument("--monitor", choices=list(MONITORS), help="default: the monitor it was saved under")
+    rs.add_argument("--profile", default=None, help="refuse the snapshot unless it was taken under this profile")
+    rs.add_argument("--image", metavar="PROGRAM", help="refuse the snapshot unless it was taken of this program")
+    rs.add_argument("--max-steps", type=_positive, default=100_000_000, help="stop after this many more steps")
+    rs.add_argument("--timeout", type=_seconds, default=None, help="stop after this many seconds of wall time")
+    rs.add_argument("--stats", action="store_true", help="print statistics to stderr")
+    rs.add_argument("--json", action="store_true", help="print one JSON object (the whole transcript)")
+    common(rs)
+    rs.set_defaults(fn=cmd_resume)
 
     h = sub.add_parser("host", help="run several guests at once, GUEST[:MONITOR[:PROFILE]] each")
     h.add_argument("guests", nargs="+", metavar="GUEST[:MONITOR[:PROFILE]]")

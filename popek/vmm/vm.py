@@ -8,6 +8,7 @@ core when it runs the guest directly (real user mode, relocation composed with t
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ class VM:
         self.halted = False
         self.error = ""  # why the VM stopped, when it did not halt
         self.waiting = False  # in wfi until the network card has something for it (docs/devices.md, Waiting)
+        self.image_sha256 = hashlib.sha256(b"").hexdigest()  # the image as loaded: a snapshot names it
 
     @property
     def stopped(self) -> bool:
@@ -116,6 +118,7 @@ class VM:
         if addr + len(image) > self.memsize:
             raise ValueError(f"VM {self.name}: image of {len(image)} bytes does not fit in {self.memsize} bytes")
         self.mem[addr : addr + len(image)] = np.frombuffer(bytes(image), dtype=np.uint8)
+        self.image_sha256 = hashlib.sha256(bytes(image)).hexdigest()
 
     # --- the virtual CPU -------------------------------------------------------------------------------
     @property

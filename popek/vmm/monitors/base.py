@@ -28,6 +28,13 @@ class Monitor:
     def attach(self, vm: VM, area: int) -> None:
         """Take charge of ``vm``; ``area`` is the host address of the ``host_bytes`` reserved for it."""
 
+    def save_vm(self, vm: VM) -> dict:
+        """What this monitor keeps about ``vm`` beyond its virtual CPU, as JSON-ready values (for a snapshot)."""
+        return {}
+
+    def restore_vm(self, vm: VM, state: dict) -> None:
+        """Take charge of ``vm`` again from what ``save_vm`` returned (its CPU, memory and devices are restored)."""
+
 
 class DirectExecution(Monitor):
     """Shared machinery of the monitors that run guest code directly on the core in real user mode.

@@ -75,6 +75,7 @@ _MASK, _PENDING, _EPC, _EPSW, _EBASE, _EBOUND, _CAUSE, _BADADDR = range(8)  # wo
 _FEATURES, _CONS_LEN, _MC_COUNT, _NET_EVENTS = SH_FEATURES // 4, SH_CONS_LEN // 4, SH_MC_COUNT // 4, SH_NET_EVENTS // 4
 NET_BLOCK = 16  # bytes of the block HC_NET_SETUP reads: the receive, transmit and urgent rings, descriptors per ring
 NET_UPCALL = N.EV_RX | N.EV_URGENT | N.EV_ERROR  # events that interrupt the guest (completions it reads from the ring)
+_HOST_ADDRESSES = (S.BASE, S.PV_SHARED, S.PV_KBASE)  # real-CPU slots that hold host addresses in the VM's slice
 _HC_KEYS = {n: f"hcall {name}" for n, name in HC_NAMES.items()}  # statistics: hypercall exits by number
 _COUNTERS = [("traps delivered by the core", S.PV_NTRAPS), ("interrupts delivered by the core", S.PV_NIRQS)] + [
     (f"hcall {HC_NAMES[n]} (core)", S.PV_NCALLS + n) for n in range(S.HC_FAST_LIMIT)
@@ -131,6 +132,50 @@ class Paravirt(TrapAndEmulate):
         if g is None:
             return super().run(vm, budget)  # not a PV guest: trap-and-emulate
         return self._run_pv(vm, g, budget)
+
+    # --- snapshots ---------------------------------------------------------------------------------------
+    def save_vm(self, vm: VM) -> dict:
+        """Whether the guest was started and, for a PV guest, its registration and its real CPU (offset-free)."""
+        if vm not in self._guests:
+            return {"started": False}
+        g = self._guests[vm]
+        if g is None:
+            return {"started": True, "guest": None}
+        r = [int(x) for x in vm.rstate]
+        for slot in _HOST_ADDRESSES:  # host addresses become slice offsets: the VM may come back elsewhere
+            r[slot] = (r[slot] - vm.offset) & M32
+        return {"started": True, "guest": {"shared": g.shared, "registered": g.registered, "next_pc": g.next_pc,
+                                           "shown": g.shown, "tick": g.tick, "seen": list(g.seen), "line": g.line,
+                                           "rstate": r}}  # fmt: skip
+
+    def restore_vm(self, vm: VM, state: dict) -> None:
+        """Rebuild the PV guest's registration and load its real CPU (the guest's state lives there)."""
+        self._guests.pop(vm, None)
+        vm.nic.interrupt = vm.device_interrupt
+        if not state.get("started"):
+            return  # never run: the boot note is read at the first run, as for a fresh guest
+        saved = state.get("guest")
+        if saved is None:
+            self._guests[vm] = None
+            return
+        shared = int(saved["shared"])
+        if not (shared % 4 == 0 and 0 <= shared and shared + SH_SIZE <= vm.memsize):
+            raise ValueError(f"shared area at {shared:#x} does not fit in {vm.memsize} bytes")
+        rstate = np.array([int(x) for x in saved["rstate"]], dtype=np.int64)
+        if len(rstate) != S.NSLOTS:
+            raise ValueError(f"the real CPU has {len(rstate)} slots, not {S.NSLOTS}")
+        seen = [int(x) for x in saved["seen"]]
+        if len(seen) != len(_COUNTERS):
+            raise ValueError("wrong number of counters")
+        next_pc = saved["next_pc"]
+        g = PVGuest(shared, vm.mem[shared : shared + SH_SIZE].view("<u4"), bool(saved["registered"]),
+                    None if next_pc is None else int(next_pc), int(saved["shown"]), bool(saved["tick"]), seen,
+                    int(saved["line"]))  # fmt: skip
+        for slot in _HOST_ADDRESSES:
+            rstate[slot] = (int(rstate[slot]) + vm.offset) & M32
+        vm.rstate[:] = rstate
+        self._guests[vm] = g
+        vm.nic.interrupt = partial(self._nic_line, vm, g)
 
     # --- start and the run loop --------------------------------------------------------------------------
     def _start(self, vm: VM) -> PVGuest | None:

@@ -138,6 +138,12 @@ class BinaryRewriting(DirectExecution):
         vm.rstate[S.RW_SHADOW] = vm.offset - area
         self.plan = plan_for(vm.profile)
 
+    def restore_vm(self, vm: VM, state: dict) -> None:
+        """Start the shadow copy afresh: every page is translated again from the restored memory when reached."""
+        self.copy32[:] = XLATE_WORD
+        self.live.clear()
+        self.plan = plan_for(vm.profile)
+
     def run(self, vm: VM, budget: int) -> int:
         """Advance the guest by at most ``budget`` steps."""
         if self.plan is None:
