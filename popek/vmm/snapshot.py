@@ -19,8 +19,10 @@ import json
 import struct
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -41,6 +43,7 @@ PAGE = 4096  # bytes per page of the memory map: an all-zero page is stored as o
 _PREFIX = struct.Struct("<8sIQ32s")
 _NIC_WORDS = ("ctrl", "rx", "tx", "urx", "status", "error", "size", "rx_i", "tx_i", "urx_i", "next_tag", "line")
 M32 = S.MASK32
+T = TypeVar("T")
 
 
 class SnapshotError(ValueError):
@@ -155,20 +158,48 @@ def capture(vm: VM, monitor: Monitor) -> Snapshot:
     )
 
 
-def encode(snap: Snapshot) -> bytes:
-    """The bytes of a snapshot file."""
-    used = nonzero_pages(snap.mem)
-    pages = np.flatnonzero(used)
+def frame(header: dict, blob: bytes) -> bytes:
+    """A checksummed message: the prefix, then the header (compressed JSON) and ``blob``."""
+    head = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 6)
+    body = struct.pack("<I", len(head)) + head + blob
+    return _PREFIX.pack(MAGIC, VERSION, len(body), hashlib.sha256(body).digest()) + body
+
+
+def _memory_header(memsize: int, pages: np.ndarray) -> dict:
+    used = np.zeros(page_count(memsize), dtype=bool)
+    used[pages] = True
+    return {"page": PAGE, "map": _b64(np.packbits(used).tobytes()), "pages": len(pages)}
+
+
+def encode(snap: Snapshot, pages: np.ndarray | None = None) -> bytes:
+    """The bytes of a snapshot file; with ``pages`` (indexes), a migration's delta holding only those pages."""
+    delta = pages is not None
+    if pages is None:
+        pages = np.flatnonzero(nonzero_pages(snap.mem))
     header = {
-        "name": snap.name, "memsize": snap.memsize, "image_sha256": snap.image_sha256,
+        "kind": "delta" if delta else "snapshot", "name": snap.name, "memsize": snap.memsize,
+        "image_sha256": snap.image_sha256,
         "profile": {"name": snap.profile.name, "behaviour": dict(snap.profile.behaviour)},
         "monitor": snap.monitor, "monitor_state": snap.monitor_state, "vstate": [int(x) for x in snap.vstate],
         "console": snap.console, "nic": snap.nic, "vm": snap.vm, "stats": snap.stats,
-        "memory": {"page": PAGE, "map": _b64(np.packbits(used).tobytes()), "pages": len(pages)},
+        "memory": _memory_header(snap.memsize, pages),
     }  # fmt: skip
-    head = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 6)
-    body = struct.pack("<I", len(head)) + head + pack_pages(snap.mem, pages)
-    return _PREFIX.pack(MAGIC, VERSION, len(body), hashlib.sha256(body).digest()) + body
+    return frame(header, pack_pages(snap.mem, pages))
+
+
+def pages_message(mem: np.ndarray, pages: np.ndarray, memsize: int) -> bytes:
+    """A migration round: the pages ``pages`` (indexes) of ``mem``, framed as a snapshot is."""
+    return frame(
+        {"kind": "pages", "memsize": memsize, "memory": _memory_header(memsize, pages)}, pack_pages(mem, pages)
+    )
+
+
+def apply_pages_message(data: bytes, mem: np.ndarray) -> None:
+    """Write the pages of a migration round into ``mem``; SnapshotError for a bad message."""
+    h, blob = _guarded(unframe, split(data))
+    if h.get("kind") != "pages" or h.get("memsize") != len(mem):
+        raise SnapshotError("not a migration round for this VM")
+    _guarded(_memory, h["memory"], blob, mem)
 
 
 def dumps(host: Host, which: int | str = 0) -> bytes:
@@ -246,11 +277,10 @@ def split(data: bytes) -> bytes:
     return body
 
 
-def decode(data: bytes) -> Snapshot:
-    """Read and check a snapshot completely; SnapshotError says what is wrong with it."""
-    body = split(data)
+def _guarded(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)``, with any malformed field of a checksummed message turned into a SnapshotError."""
     try:
-        return _decode_body(body)
+        return fn(*args)
     except SnapshotError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, zlib.error) as e:
@@ -258,7 +288,16 @@ def decode(data: bytes) -> Snapshot:
         raise SnapshotError(f"malformed contents: {type(e).__name__}: {e}") from None
 
 
-def _decode_body(body: bytes) -> Snapshot:
+def decode(data: bytes, base: np.ndarray | None = None) -> Snapshot:
+    """Read and check a snapshot completely; SnapshotError says what is wrong with it.
+
+    ``base`` is the memory a migration's rounds built up: a delta's pages are written into it.
+    """
+    return _guarded(_decode_body, split(data), base)
+
+
+def unframe(body: bytes) -> tuple[dict, bytes]:
+    """The header (a JSON object) and the blob after it, from a checked body."""
     (head_len,) = struct.unpack_from("<I", body)
     head = body[4 : 4 + head_len]
     if len(head) != head_len:
@@ -270,6 +309,29 @@ def _decode_body(body: bytes) -> Snapshot:
     h = json.loads(text)
     if not isinstance(h, dict):
         raise SnapshotError("the header is not an object")
+    return h, body[4 + head_len :]
+
+
+def _memory(info: dict, blob: bytes, mem: np.ndarray) -> None:
+    """Write the pages a header's memory map names into ``mem``."""
+    if info["page"] != PAGE:
+        raise SnapshotError(f"pages of {info['page']} bytes; this popek uses {PAGE}")
+    npages = page_count(len(mem))
+    bits = np.frombuffer(_bytes(info["map"], "the page map"), dtype=np.uint8)
+    if len(bits) != -(-npages // 8):
+        raise SnapshotError("the page map does not match the memory size")
+    unpack_pages(blob, mem, np.flatnonzero(np.unpackbits(bits)[:npages]))
+
+
+def _decode_body(body: bytes, base: np.ndarray | None = None) -> Snapshot:
+    h, blob = unframe(body)
+    kind = h["kind"]
+    if kind == "pages":
+        raise SnapshotError("a round of a migration's memory, not a snapshot")
+    if kind not in ("snapshot", "delta"):
+        raise SnapshotError(f"unknown kind of message '{kind}'")
+    if kind == "delta" and base is None:
+        raise SnapshotError("a migration's last delta, not a snapshot: it needs the pages sent before it")
     memsize = h["memsize"]
     if not isinstance(memsize, int):
         raise SnapshotError("memsize is not a number")
@@ -285,17 +347,13 @@ def _decode_body(body: bytes) -> Snapshot:
         raise SnapshotError(f"unknown monitor '{monitor}' in the snapshot")
     if not isinstance(h["monitor_state"], dict) or not isinstance(h["name"], str):
         raise SnapshotError("the monitor's state or the VM's name is malformed")
-    mem_info = h["memory"]
-    if mem_info["page"] != PAGE:
-        raise SnapshotError(f"pages of {mem_info['page']} bytes; this popek uses {PAGE}")
-    npages = page_count(memsize)
-    bits = np.frombuffer(_bytes(mem_info["map"], "the page map"), dtype=np.uint8)
-    if len(bits) != -(-npages // 8):
-        raise SnapshotError("the page map does not match the memory size")
-    used = np.unpackbits(bits)[:npages].astype(bool)
-    pages = np.flatnonzero(used)
-    mem = np.zeros(memsize, dtype=np.uint8)
-    unpack_pages(body[4 + head_len :], mem, pages)
+    if kind == "delta":
+        if len(base) != memsize:
+            raise SnapshotError(f"the delta is of a VM of {memsize} bytes, the pages sent before of {len(base)}")
+        mem = base  # in place: the rounds built it for this VM alone, and copying it would lengthen the downtime
+    else:
+        mem = np.zeros(memsize, dtype=np.uint8)
+    _memory(h["memory"], blob, mem)
     c = h["console"]
     console = {"output": _bytes(c["output"], "console output"), "dropped": int(c["dropped"]), "cap": int(c["cap"]),
                "input": _bytes(c["input"], "console input")}  # fmt: skip
@@ -369,7 +427,8 @@ def apply(snap: Snapshot, vm: VM, monitor: Monitor) -> None:
     """Load a decoded snapshot into ``vm`` (of the same memory size), run by ``monitor``."""
     if vm.memsize != snap.memsize:
         raise SnapshotError(f"the snapshot's VM has {snap.memsize} bytes of memory, this one {vm.memsize}")
-    vm.mem[:] = snap.mem
+    if not np.shares_memory(vm.mem, snap.mem):  # a migration target received its pages in place
+        vm.mem[:] = snap.mem
     vm.vstate[:] = snap.vstate
     vm.profile = snap.profile
     vm.rstate[S.PROFILE : S.PROFILE + len(PROFILE_KEYS)] = snap.profile.array()  # what the real CPU enforces
