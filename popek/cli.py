@@ -365,7 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--timeout", type=_seconds, default=None, help="stop after this many seconds of wall time")
         common(sp)
 
-    r = sub.add_parser("run", help="run a guest program")
+    monitors = "\n".join(f"  {name:<12} {m.description}" for name, m in MONITORS.items())
+    r = sub.add_parser(
+        "run",
+        help="run a guest program",
+        epilog=f"monitors:\n{monitors}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument("file")
     r.add_argument("--profile", default="classic", help="classic, x86like or a profile .toml file")
     r.add_argument("--monitor", default="bare", choices=list(MONITORS), help="bare machine or a monitor")
