@@ -1,6 +1,6 @@
 """Fuzzing: random images on every core and under every monitor, on both profiles, never raise on the host.
 
-CI runs a few hundred programs; ``POPEK_FUZZ=100000 python -m pytest tests/test_fuzz.py`` runs as many as asked
+CI runs 2,000 programs; ``POPEK_FUZZ=100000 python -m pytest tests/test_fuzz.py`` runs as many as asked
 (docs/reliability.md has the figures of the last long run).
 """
 
@@ -15,7 +15,7 @@ from popek.cores import CoreUnavailable, get_core
 from popek.vmm.host import GuestSpec, Host
 from popek.vmm.monitors import MONITORS
 
-EXAMPLES = int(os.environ.get("POPEK_FUZZ", "300"))
+EXAMPLES = int(os.environ.get("POPEK_FUZZ", "2000"))
 EXITS = {"halt", "limit", "idle", "trap-loop", "error"}
 
 
@@ -27,7 +27,7 @@ def _available(core: str) -> bool:
     return True
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=EXAMPLES <= 300)
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=EXAMPLES <= 2000)
 @given(
     image=st.binary(max_size=1024),
     monitor=st.sampled_from(sorted(MONITORS)),
