@@ -1,6 +1,7 @@
 """Live migration by pre-copy between two hosts in one process: downtime, total time, pages per round, bytes.
 
     python benchmarks/migration.py [--core jit] [--monitor trap] [--steps-per-round 200000] [--json FILE]
+                                   [--no-processes]
 
 Three guests, each migrated once while it runs (``popek.vmm.migration.migrate``; between two rounds the guest
 runs ``--steps-per-round`` steps on the source, as it would while a round crosses the network):
@@ -14,6 +15,13 @@ runs ``--steps-per-round`` steps on the source, as it would while a round crosse
 Downtime is from the guest's stop on the source to its state loaded on the target (the final round of pages
 with CPU and devices: capture, encode, checksum, decode, restore); total time from the first round to then.
 Dirty pages are found by comparing guest memory with the copy the source sent (no help from the cores).
+
+Then the same between two ``popek serve`` processes on loopback (``POST /admin/vms/<id>/migrate``; skipped with
+``--no-processes``): a kv VM (iterative, 4 MiB, trap on the JIT core) holding 32 keys moved from one process to
+the other while idle, back (the first move of a pair of processes pays a one-time warm-up), and over again
+while 4 clients (popek/client.py) send kv reads and writes to the process it leaves. There the downtime is
+from the hold of new requests (the guest first answers what it has) to the held requests forwarded to the
+target: the last copy, its HTTP transfer and the restore included.
 """
 
 from __future__ import annotations
@@ -83,6 +91,56 @@ def case(name: str, monitor: str, core: str, steps: int) -> dict:
     return {"guest": name, "monitor": monitor, "core": core, "checked": checked, **out}
 
 
+def between_processes() -> list[dict]:
+    """Move a kv VM between two ``popek serve`` processes, idle and then under client load."""
+    import threading
+
+    from popek.client import Client, PopekError
+    from popek.vmm.serve.load import serve_processes
+    from popek.vmm.serve.migrate import request_move
+
+    rows = []
+    with serve_processes(["kv.0=iterative"], ["compute=iterative"]) as (a, b):
+        with Client(a.url) as c:
+            for i in range(32):
+                c.put(f"key{i}", b"value %d " % i * 50)
+        report = request_move(a.url, "kv0-1", b.url, a.admin_token)
+        rows.append({"guest": "kv VM, idle, first move (2 processes)", "checked": "moved", **report})
+        report = request_move(b.url, "kv0-1", a.url, a.admin_token)
+        rows.append({"guest": "kv VM, idle, back (2 processes)", "checked": "moved", **report})
+        stop, counts, errors = threading.Event(), [0] * 4, []
+
+        def load(n: int) -> None:
+            with Client(a.url, timeout=30) as c:
+                i = 0
+                while not stop.is_set():
+                    key = f"key{i % 32}"
+                    try:
+                        if i % 4 == 0:
+                            c.put(f"c{n}", b"%d" % i)
+                        elif c.get(key) != b"value %d " % (i % 32) * 50:
+                            errors.append(key)
+                    except PopekError as e:
+                        errors.append(f"{e.status}")
+                    counts[n] += 1
+                    i += 1
+
+        threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(4)]
+        for t in threads:
+            t.start()
+        while sum(counts) < 2000:
+            stop.wait(0.05)
+        report = request_move(a.url, "kv0-1", b.url, a.admin_token)
+        while sum(counts) < 4000 + report["total_ms"]:
+            stop.wait(0.05)
+        stop.set()
+        for t in threads:
+            t.join()
+        checked = f"{sum(counts):,} requests, {len(errors)} wrong or lost"
+        rows.append({"guest": "kv VM, 4 clients (2 processes)", "checked": checked, **report})
+    return rows
+
+
 def main() -> int:
     """Run the cases and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,8 +148,11 @@ def main() -> int:
     ap.add_argument("--monitor", default="trap")
     ap.add_argument("--steps-per-round", type=int, default=200_000)
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/migration.json"))
+    ap.add_argument("--no-processes", action="store_true", help="skip the case between two popek serve processes")
     args = ap.parse_args()
     rows = [case(n, args.monitor, args.core, args.steps_per_round) for n in ("idle server", "busy server", "writer")]
+    if not args.no_processes:
+        rows += between_processes()
     table = Table(title=f"live migration, {args.monitor} on {args.core}, {MEM >> 20} MiB guests")
     for col in (
         "guest",

@@ -324,6 +324,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve.serve_forever(config)
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """popek migrate: move a serving VM from one popek serve to another, live (docs/serve.md)."""
+    from popek.vmm.serve import migrate
+
+    report = migrate.request_move(args.source, args.vm, args.target, args.admin_token)
+    print(json.dumps(report) if args.json else migrate.format_report(report))
+    return 0
+
+
 # --- bench ----------------------------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
     """popek bench: the benchmark study, written as JSON, a markdown report and PNG plots (docs/study/)."""
@@ -426,6 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--config", metavar="FILE.toml", help="settings and VMs from a TOML file")
     sv.add_argument("--core", choices=CORE_NAMES, help=f"core of every VM (default {DEFAULT_CORE})")
     sv.set_defaults(fn=cmd_serve)
+
+    mg = sub.add_parser("migrate", help="move a serving VM live from one popek serve to another")
+    mg.add_argument("vm", metavar="VM", help="the VM id (as in /status)")
+    mg.add_argument("--from", dest="source", required=True, metavar="URL", help="the front-end it runs on now")
+    mg.add_argument("--to", dest="target", required=True, metavar="URL", help="the front-end to move it to")
+    mg.add_argument("--admin-token", required=True, help="the admin token (the same on both front-ends)")
+    mg.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    mg.set_defaults(fn=cmd_migrate)
 
     b = sub.add_parser("bench", help="the benchmark study: every monitor against bare and the published figures")
     b.add_argument("--quick", action="store_true", help="a short run (about a minute), for a smoke test")

@@ -17,9 +17,10 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from popek.vmm.serve.cluster import Cluster
+from popek.vmm.serve.cluster import Cluster, ReplicaDown
 from popek.vmm.serve.config import ServeConfig
 from popek.vmm.serve.dispatch import Dispatcher, Reply, ServeError, estimate_cost
+from popek.vmm.serve.migrate import MAX_TRANSFER, MigrationError, Migrations
 from popek.vmm.serve.replication import KvReplication
 from popek.vmm.serve.services import SERVICES, Request
 from popek.vmm.serve.sessions import COOKIE, Sessions
@@ -47,6 +48,7 @@ class Frontend:
     kv: KvReplication
     sessions: Sessions
     admin_token: str
+    migrations: Migrations
 
 
 FRONTEND_KEY = web.AppKey("frontend", Frontend)
@@ -237,8 +239,8 @@ async def status(request: web.Request) -> web.Response:
     return _json({"policy": fe.dispatcher.policy.name, "core": fe.config.core, "vms": vms, "totals": totals})
 
 
-async def admin(request: web.Request) -> web.Response:
-    """POST /admin/vms/<id>/stop|start: power a VM off, or boot it afresh (admin token required)."""
+def _authorize(request: web.Request) -> Frontend:
+    """The front-end, if the request carries its admin token (401 without one, 403 with a wrong one)."""
     fe = request.app[FRONTEND_KEY]
     auth = request.headers.get("Authorization", "")
     if not auth:
@@ -247,6 +249,12 @@ async def admin(request: web.Request) -> web.Response:
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), fe.admin_token.encode()):
         raise ServeError(403, "wrong admin token")
+    return fe
+
+
+async def admin(request: web.Request) -> web.Response:
+    """POST /admin/vms/<id>/stop|start: power a VM off, or boot it afresh (admin token required)."""
+    fe = _authorize(request)
     replica = fe.cluster.replica(request.match_info["id"])
     if replica is None:
         raise ServeError(404, f"no VM {request.match_info['id']}")
@@ -255,6 +263,84 @@ async def admin(request: web.Request) -> web.Response:
     else:
         await replica.start()
     return _json(replica.describe(), replica.id)
+
+
+# --- live migration (popek/vmm/serve/migrate.py) ---------------------------------------------------------------
+async def _transfer_body(request: web.Request) -> bytes:
+    """A migration message: larger than any request, so read past the application's body limit, to a cap."""
+    if request.content_length is None or not 0 < request.content_length <= MAX_TRANSFER:
+        raise ServeError(413 if (request.content_length or 0) > MAX_TRANSFER else 411,
+                         f"a migration message needs a Content-Length of 1-{MAX_TRANSFER} bytes")  # fmt: skip
+    try:
+        async with asyncio.timeout(request.app[FRONTEND_KEY].config.request_timeout):
+            return await request.content.readexactly(request.content_length)
+    except (TimeoutError, asyncio.IncompleteReadError):
+        raise ServeError(408, "the migration message did not arrive whole in time") from None
+
+
+async def migrate(request: web.Request) -> web.Response:
+    """POST /admin/vms/<id>/migrate {"to": URL[, "token": T]}: move the VM, serving, to another front-end."""
+    fe = _authorize(request)
+    replica = fe.cluster.replica(request.match_info["id"])
+    if replica is None:
+        raise ServeError(404, f"no VM {request.match_info['id']}")
+    try:
+        body = json.loads(await _body(request, MAX_MESSAGE))
+        to, token = body["to"], body.get("token", "")
+        if not isinstance(to, str) or not isinstance(token, str):
+            raise TypeError("'to' and 'token' are strings")
+        report = await fe.migrations.move(replica, to, token)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ServeError(400, f'expected {{"to": "http://HOST:PORT"}}: {e}') from None
+    except MigrationError as e:
+        raise ServeError(e.status, e.message, replica.id) from None
+    return _json(report, replica.id)
+
+
+async def incoming(request: web.Request) -> web.Response:
+    """POST /admin/vms/incoming {"spec": ..., "ports": ...}: make a VM ready to receive; its transfer id."""
+    fe = _authorize(request)
+    try:
+        body = json.loads(await _body(request, MAX_MESSAGE))
+        transfer = await fe.migrations.open(body["spec"], body["ports"], fe.config.core)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ServeError(400, f"a bad migration request: {e}") from None
+    except MigrationError as e:
+        raise ServeError(e.status, e.message) from None
+    return _text(200, transfer)
+
+
+async def incoming_step(request: web.Request) -> web.Response:
+    """POST /admin/vms/incoming/<transfer>/round|final: one pre-copy round, or the last copy (then it serves)."""
+    fe = _authorize(request)
+    transfer, message = request.match_info["transfer"], await _transfer_body(request)
+    try:
+        if request.match_info["step"] == "round":
+            await fe.migrations.round(transfer, message)
+            return _text(200, "applied")
+        replica = await fe.migrations.finish(transfer, message)
+    except MigrationError as e:
+        raise ServeError(e.status, e.message) from None
+    return _json(replica.describe(), replica.id)
+
+
+async def message(request: web.Request) -> web.Response:
+    """POST /admin/vms/<id>/message?port=N: one guest message to the VM, its raw reply (forwarded requests)."""
+    fe = _authorize(request)
+    replica = fe.cluster.replica(request.match_info["id"])
+    if replica is None:
+        raise ServeError(404, f"no VM {request.match_info['id']}")
+    port = request.query.get("port", "")
+    if not (port.isascii() and port.isdigit() and int(port) < 65536):
+        raise ServeError(400, "port must be a number below 65536")
+    body = await _body(request, MAX_MESSAGE)
+    try:
+        call = replica.submit(int(port), body)
+        return _text(200, await replica.wait(call, fe.config.request_timeout), replica.id)
+    except ReplicaDown as e:
+        raise ServeError(503, str(e), replica.id) from None
+    except TimeoutError:
+        raise ServeError(504, f"VM {replica.id} did not answer in time", replica.id) from None
 
 
 # --- the application ------------------------------------------------------------------------------------------
@@ -298,6 +384,10 @@ def make_app(frontend: Frontend) -> web.Application:
         web.delete("/requests/{id}", cancel),
         web.get("/status", status),
         web.post("/admin/vms/{id}/{action:stop|start}", admin),
+        web.post("/admin/vms/incoming", incoming),
+        web.post("/admin/vms/incoming/{transfer}/{step:round|final}", incoming_step),
+        web.post("/admin/vms/{id}/migrate", migrate),
+        web.post("/admin/vms/{id}/message", message),
     ])  # fmt: skip
     return app
 
@@ -305,4 +395,7 @@ def make_app(frontend: Frontend) -> web.Application:
 def make_frontend(config: ServeConfig, cluster: Cluster, admin_token: str) -> Frontend:
     """Wire the dispatcher, kv replication and sessions over a cluster."""
     dispatcher = Dispatcher(cluster.replicas, config.policy, config.request_timeout)
-    return Frontend(config, cluster, dispatcher, KvReplication(dispatcher), Sessions(dispatcher), admin_token)
+    kv = KvReplication(dispatcher)
+    frontend = Frontend(config, cluster, dispatcher, kv, Sessions(dispatcher), admin_token,
+                        Migrations(cluster, admin_token, kv.replay))  # fmt: skip
+    return frontend

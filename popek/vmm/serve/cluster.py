@@ -16,11 +16,14 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
 from popek import guests
+from popek.isa import state as S
+from popek.vmm import migration
 from popek.vmm.host import GuestSpec, Host
 from popek.vmm.serve.config import DESIGNS, ServeConfig, VMSpec
 from popek.vmm.serve.services import NAMES_PORT, SERVICES, services_mask
@@ -29,6 +32,7 @@ log = logging.getLogger("popek.serve")
 
 BOOTING, RUNNING, STOPPED, CRASHED = "booting", "running", "stopped", "crashed"
 CANCEL_PATIENCE = 5.0  # seconds a cancel keeps asking a guest that does not know the request yet
+DRAIN_WAIT = 5.0  # seconds a migrating VM may take to answer what it holds before its last copy
 
 
 class ReplicaDown(Exception):
@@ -55,6 +59,11 @@ def build_image(spec: VMSpec) -> bytes:
         return _assemble(spec.guest, tuple(sorted(defines.items())))
     with open(spec.guest, "rb") as f:
         return f.read()
+
+
+def time_now() -> float:
+    """A monotonic clock in seconds."""
+    return time.monotonic()
 
 
 def _run_for(host: Host, steps: int) -> None:
@@ -101,6 +110,12 @@ class Worker(threading.Thread):
         self.host: Host | None = None
         self.outstanding: dict[int, Call] = {}  # tag -> call, for the messages the guest has not answered
         self._batch: list[tuple] = []  # operations the loop has not handed over yet (loop thread only)
+        # Live migration (popek/vmm/serve/migrate.py): the pre-copy source, and once the guest is frozen for its
+        # last copy, the calls that arrived since (held, not lost: the new location answers them).
+        self.source: migration.Source | None = None
+        self.freezing: tuple[asyncio.Future, float] | None = None  # (future of the last copy, drain deadline)
+        self.frozen = False
+        self.held: list[Call] = []
 
     def submit(self, op: tuple) -> None:
         """Queue an operation for the thread (loop thread; handed over at the end of this turn of the loop)."""
@@ -128,7 +143,7 @@ class Worker(threading.Thread):
     def _serve(self) -> None:
         while True:
             vm = self.host.vms[0] if self.host else None
-            idle = vm is None or vm.waiting  # nothing to run until an operation arrives: block
+            idle = vm is None or self.frozen or (vm.waiting and self.freezing is None)  # block until an op comes
             try:
                 ops = self.ops.get(block=idle)
             except queue.Empty:
@@ -137,14 +152,17 @@ class Worker(threading.Thread):
                 for op in ops:
                     if op[0] == "quit":
                         self._fail_all("the server is shutting down")
+                        self._fail_held("the server is shutting down")
                         return
                     self._handle(op)
                 try:
                     ops = self.ops.get_nowait()
                 except queue.Empty:
                     ops = None
-            if self.host is not None:
+            if self.host is not None and not self.frozen:
                 self._run_slice()
+                if self.freezing is not None and self.host is not None:
+                    self._maybe_freeze()
 
     def _serve_dead(self) -> None:
         """After an internal error: answer every operation as if the VM were down, until quit."""
@@ -163,16 +181,28 @@ class Worker(threading.Thread):
             self._boot(op[1])
         elif kind == "stop":
             self._fail_all(f"VM {self.replica.spec.id} was stopped")
+            self._end_migration(f"VM {self.replica.spec.id} was stopped")
             self.host = None
             self._reply_future(op[1], None, None)
         elif kind == "call":
             call: Call = op[1]
             if call.future.done():
                 return  # the front-end gave up before the guest saw it
+            if self.freezing is not None or self.frozen:  # the VM is being copied for the last time: wait
+                self.held.append(call)
+                return
             if self.host is None:
                 self._reply(call, None, ReplicaDown(f"VM {self.replica.spec.id} is {self.replica.state}"))
                 return
             self._send(call)
+        elif kind == "adopt":  # the VM came back by live migration: serve it here again
+            self.host = op[1]
+        elif kind == "precopy":  # one pre-copy round, between two slices of the guest
+            self._precopy(op[1])
+        elif kind == "freeze":  # answer what the guest holds, then take the last copy (see _maybe_freeze)
+            self.freezing = (op[1], time_now() + DRAIN_WAIT)
+        elif kind == "release":  # (release, moved, future): the last copy landed (moved) or did not
+            self._release(op[1], op[2])
         elif kind == "cancel":  # (cancel, target call, reply call): the guest's urgent `cancel <tag>`
             target, call = op[1], op[2]
             if self.host is None or target.tag not in self.outstanding:
@@ -185,6 +215,43 @@ class Worker(threading.Thread):
             target = op[1]
             if self.host is not None and self.outstanding.pop(target.tag, None) is not None:
                 self.host.send(0, target.port, b"cancel %d" % target.tag, urgent=True)
+
+    def _precopy(self, future: asyncio.Future) -> None:
+        if self.host is None:
+            self._reply_future(future, None, ReplicaDown(f"VM {self.replica.spec.id} is {self.replica.state}"))
+            return
+        if self.source is None:
+            self.source = migration.Source(self.host, 0)
+        message, pages = self.source.precopy()
+        steps = int(self.host.vms[0].vstate[S.STEPS])
+        self._reply_future(future, (message, pages, steps, self.source.converged()), None)
+
+    def _maybe_freeze(self) -> None:
+        """Take the last copy once the guest answered what it held (or the drain time is up)."""
+        future, deadline = self.freezing
+        if self.outstanding and time_now() < deadline:
+            return
+        # Requests still in the guest after the drain would be answered at the new location to nobody: they
+        # fail here instead, and the dispatcher (or the client) sends them again.
+        self._fail_all(f"VM {self.replica.spec.id} is moving to another host")
+        self.freezing, self.frozen = None, True
+        if self.source is None:
+            self.source = migration.Source(self.host, 0)
+        message, pages = self.source.final()
+        self._reply_future(future, (message, pages), None)
+
+    def _release(self, moved: bool, future: asyncio.Future) -> None:
+        held, self.held = self.held, []
+        self.frozen, self.freezing, self.source = False, None, None
+        if moved:
+            migration.stop_source(self.host.vms[0], "migrated")
+            self.host = None
+            self._reply_future(future, held, None)  # the loop forwards them to the new location
+            return
+        for call in held:  # the target refused the VM: it goes on here
+            if not call.future.done():
+                self._send(call)
+        self._reply_future(future, [], None)
 
     def _send(self, call: Call) -> None:
         try:
@@ -254,7 +321,20 @@ class Worker(threading.Thread):
         log.warning("%s: marked crashed", reason)
         self.host = None
         self._fail_all(reason)
+        self._end_migration(reason)
         self.loop.call_soon_threadsafe(self.replica.crashed, reason)
+
+    def _end_migration(self, reason: str) -> None:
+        """The VM went down while it was being moved: the move fails, what it held fails over."""
+        if self.freezing is not None:
+            self._reply_future(self.freezing[0], None, ReplicaDown(reason))
+        self.freezing, self.frozen, self.source = None, False, None
+        self._fail_held(reason)
+
+    def _fail_held(self, reason: str) -> None:
+        held, self.held = self.held, []
+        if held:
+            self._settle_all([(call.future, None, ReplicaDown(reason)) for call in held])
 
     def _fail_all(self, reason: str) -> None:
         calls, self.outstanding = list(self.outstanding.values()), {}
@@ -280,7 +360,8 @@ class Worker(threading.Thread):
 class Replica:
     """A VM as the front-end sees it: spec, state, load and counters (loop thread only)."""
 
-    def __init__(self, spec: VMSpec, config: ServeConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, spec: VMSpec, config: ServeConfig, loop: asyncio.AbstractEventLoop,
+                 image: bytes | None = None) -> None:  # fmt: skip
         self.spec = spec
         self.state = STOPPED
         self.reason = ""  # why it is crashed
@@ -292,8 +373,13 @@ class Replica:
         self.exits = 0  # VM exits so far (written by the VM thread)
         self.boots = 0
         self.on_boot: Callable[[Replica], None] = lambda r: None  # replays state before the VM takes requests
-        self.worker = Worker(self, build_image(spec), config, loop)
+        self.worker = Worker(self, build_image(spec) if image is None else image, config, loop)
         self.loop = loop
+        # Where the VM lives now when it was migrated away (docs/serve.md, "Live migration"): its requests are
+        # forwarded there, with the admin token of that front-end.
+        self.remote = ""
+        self.remote_token = ""
+        self.forward: Callable[[Replica, Call], None] | None = None
 
     @property
     def id(self) -> str:
@@ -307,9 +393,12 @@ class Replica:
 
     def describe(self) -> dict:
         """The VM in ``/resolve`` and ``/status``."""
-        return {"vm": self.id, "services": list(self.spec.services), "shard": self.spec.shard if
-                "kv" in self.spec.services else None, "monitor": self.spec.monitor, "profile": self.spec.profile,
-                "design": self.spec.design, "state": self.state, "outstanding": self.outstanding}  # fmt: skip
+        out = {"vm": self.id, "services": list(self.spec.services), "shard": self.spec.shard if
+               "kv" in self.spec.services else None, "monitor": self.spec.monitor, "profile": self.spec.profile,
+               "design": self.spec.design, "state": self.state, "outstanding": self.outstanding}  # fmt: skip
+        if self.remote:
+            out["location"] = self.remote
+        return out
 
     def submit(self, port: int, payload: bytes, cost: int = 1, urgent: bool = False) -> Call:
         """Hand a message to the VM's thread; wait for its reply with ``wait``."""
@@ -319,7 +408,10 @@ class Replica:
         self.outstanding += 1
         self.pending_cost += cost
         call.future.add_done_callback(lambda f: self._done(f, cost))
-        self.worker.submit(("call", call))
+        if self.remote and self.forward is not None:
+            self.forward(self, call)
+        else:
+            self.worker.submit(("call", call))
         return call
 
     def _done(self, future: asyncio.Future, cost: int) -> None:
@@ -334,7 +426,8 @@ class Replica:
             async with asyncio.timeout(timeout):  # no task per request, unlike wait_for (Python 3.11)
                 return await call.future
         except TimeoutError:
-            self.worker.submit(("abandon", call))
+            if not self.remote:
+                self.worker.submit(("abandon", call))
             raise
 
     async def cancel(self, target: Call, timeout: float) -> bytes:
@@ -354,7 +447,7 @@ class Replica:
         """Boot the VM from its image (a fresh guest), then let it take requests."""
         if self.state in (RUNNING, BOOTING):
             return
-        self.state, self.reason = BOOTING, ""
+        self.state, self.reason, self.remote = BOOTING, "", ""
         future = self.loop.create_future()
         self.worker.submit(("boot", future))
         try:
@@ -372,7 +465,7 @@ class Replica:
         """Power the VM off: requests it holds fail over to other replicas; its guest state is gone."""
         if self.state == STOPPED:
             return
-        self.state = STOPPED
+        self.state, self.remote = STOPPED, ""
         future = self.loop.create_future()
         self.worker.submit(("stop", future))
         await future
@@ -389,6 +482,24 @@ class Cluster:
     def __init__(self, config: ServeConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.replicas = [Replica(spec, config, loop) for spec in config.vms]
+
+    def adopt(self, spec: VMSpec, host: Host, ports: dict[str, int]) -> Replica:
+        """Serve a VM that arrived by live migration: its host is already running the guest."""
+        back = self.replica(spec.id)
+        if back is not None:  # it had moved away from here: the same replica serves it again
+            back.worker.submit(("adopt", host))
+            back.remote, back.state, back.ports = "", RUNNING, dict(ports)
+            return back
+        try:
+            image = build_image(spec)  # for a later restart from the image
+        except OSError:  # a guest file that is only on the source's machine
+            image = b""
+        replica = Replica(spec, self.config, asyncio.get_running_loop(), image)
+        replica.worker.host, replica.ports = host, dict(ports)
+        replica.state, replica.boots = RUNNING, 1
+        replica.worker.start()
+        self.replicas.append(replica)  # the same list the name service reads: /resolve names it at once
+        return replica
 
     def replica(self, vm_id: str) -> Replica | None:
         """The replica with this id, or None."""

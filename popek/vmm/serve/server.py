@@ -65,6 +65,7 @@ class Server:
         """Stop the VM threads (requests they hold are answered 503), then close every connection."""
         if self.frontend is not None:
             await self.frontend.cluster.shutdown()
+            await self.frontend.migrations.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
