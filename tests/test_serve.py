@@ -510,3 +510,18 @@ def test_a_bad_configuration_file_is_one_line_and_exit_status_2(tmp_path: Path) 
     r = subprocess.run([sys.executable, "-m", "popek", "serve", "--config", str(cfg)], cwd=ROOT,
                        capture_output=True, timeout=60)  # fmt: skip
     assert r.returncode == 2 and r.stderr.startswith(b"popek: error:") and r.stderr.count(b"\n") == 1, r.stderr
+
+
+def test_a_snapshot_of_a_serving_kv_vm_resumes_elsewhere_with_its_data(url: str) -> None:
+    from popek.vmm import snapshot
+    from popek.vmm.serve.services import SERVICES
+
+    c = Client(url)
+    key = next(k for k in (b"snap%d" % i for i in range(40)) if shard_of(k, [0, 1]) == 0)
+    assert c("PUT", f"/kv/{key.decode()}", b"kept in the guest")[0] == 204
+    code, headers, data = admin(url, "kv0-a", "snapshot")
+    assert (code, headers["x-popek-vm"], admin(url, "kv0-a", "snapshot", token="wrong")[0]) == (200, "kv0-a", 403)
+    host = snapshot.restore(data)  # the saved VM, now a host of its own in this process
+    tag = host.send(0, SERVICES["kv"].port, b"GET " + key)
+    host.run(10**9)
+    assert [(m.tag, m.payload) for m in host.replies(0)] == [(tag, b"FOUND\nkept in the guest")]

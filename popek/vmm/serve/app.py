@@ -265,6 +265,19 @@ async def admin(request: web.Request) -> web.Response:
     return _json(replica.describe(), replica.id)
 
 
+async def save(request: web.Request) -> web.Response:
+    """POST /admin/vms/<id>/snapshot: the VM saved while it serves, as a snapshot file (`popek resume` runs it)."""
+    fe = _authorize(request)
+    replica = fe.cluster.replica(request.match_info["id"])
+    if replica is None:
+        raise ServeError(404, f"no VM {request.match_info['id']}")
+    try:
+        data = await replica.snapshot()
+    except ReplicaDown as e:
+        raise ServeError(409, str(e)) from None
+    return web.Response(body=data, content_type="application/octet-stream", headers={VM_HEADER: replica.id})
+
+
 # --- live migration (popek/vmm/serve/migrate.py) ---------------------------------------------------------------
 async def _transfer_body(request: web.Request) -> bytes:
     """A migration message: larger than any request, so read past the application's body limit, to a cap."""
@@ -387,6 +400,7 @@ def make_app(frontend: Frontend) -> web.Application:
         web.post("/admin/vms/incoming", incoming),
         web.post("/admin/vms/incoming/{transfer}/{step:round|final}", incoming_step),
         web.post("/admin/vms/{id}/migrate", migrate),
+        web.post("/admin/vms/{id}/snapshot", save),
         web.post("/admin/vms/{id}/message", message),
     ])  # fmt: skip
     return app

@@ -23,7 +23,7 @@ from functools import cache
 
 from popek import guests
 from popek.isa import state as S
-from popek.vmm import migration
+from popek.vmm import migration, snapshot
 from popek.vmm.host import GuestSpec, Host
 from popek.vmm.serve.config import DESIGNS, ServeConfig, VMSpec
 from popek.vmm.serve.services import NAMES_PORT, SERVICES, services_mask
@@ -195,6 +195,11 @@ class Worker(threading.Thread):
                 self._reply(call, None, ReplicaDown(f"VM {self.replica.spec.id} is {self.replica.state}"))
                 return
             self._send(call)
+        elif kind == "snapshot":  # between two slices: the guest is at an instruction boundary
+            if self.host is None:
+                self._reply_future(op[1], None, ReplicaDown(f"VM {self.replica.spec.id} is {self.replica.state}"))
+            else:
+                self._reply_future(op[1], snapshot.dumps(self.host), None)
         elif kind == "adopt":  # the VM came back by live migration: serve it here again
             self.host = op[1]
         elif kind == "precopy":  # one pre-copy round, between two slices of the guest
@@ -469,6 +474,12 @@ class Replica:
         future = self.loop.create_future()
         self.worker.submit(("stop", future))
         await future
+
+    async def snapshot(self) -> bytes:
+        """The VM saved as it runs (docs/snapshots.md): its guest state, requests in flight included."""
+        future = self.loop.create_future()
+        self.worker.submit(("snapshot", future))
+        return await future
 
     def crashed(self, reason: str) -> None:
         """The VM thread found the guest halted or failed (loop thread)."""
