@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from popek.cores.contract import CoreRun, CoreUnavailable
 
-CORE_NAMES = ("jit", "c", "reference")
+CORE_NAMES = ("jit", "c", "reference", "dbt")
 __all__ = ["CORE_NAMES", "ConsoleRun", "CoreRun", "CoreUnavailable", "ExitLoop", "console_run", "exit_loop", "get_core"]
 
 # run_vm(vstate, rstate, host_mem, offset, memsize, budget, flags, mode, counters, console) -> VMX_* code
@@ -18,7 +18,7 @@ ConsoleRun = Callable[..., tuple[int, int]]
 
 
 def get_core(name: str) -> CoreRun:
-    """The ``run`` function of the core called ``name`` (reference, jit or c)."""
+    """The ``run`` function of the core called ``name`` (reference, jit, c or dbt)."""
     if name == "reference":
         from popek.cores import reference
 
@@ -33,6 +33,10 @@ def get_core(name: str) -> CoreRun:
         if not c_core.available():
             raise CoreUnavailable(f"the C core is unavailable: {c_core.unavailable_reason()}")
         return c_core.run
+    if name == "dbt":
+        from popek.cores import dbt
+
+        return dbt.run
     raise CoreUnavailable(f"unknown core '{name}' (choose from {', '.join(CORE_NAMES)})")
 
 

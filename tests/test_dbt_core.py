@@ -1,0 +1,230 @@
+"""The translating core (popek/cores/dbt.py) against the reference core: same exit codes, state and memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from popek.cores import CORE_NAMES, dbt, get_core, reference
+from popek.isa import spec
+from popek.isa import state as S
+from popek.isa.asm import assemble_file
+from popek.vmm.host import Machine as HostMachine
+from tests.strategies import BUDGETS, Machine, asm, differential_run, machines, sieve_program
+from tests.test_jit_core import _machine
+
+M32 = 0xFFFFFFFF
+VALUES = st.lists(st.integers(0, M32), min_size=1, max_size=4)
+GUESTS = Path(__file__).resolve().parent.parent / "guests"
+
+
+@pytest.fixture(autouse=True)
+def translate_at_once() -> Iterator[None]:
+    """Translate a block the first time it is reached, so short runs exercise translated code."""
+    hot = dbt.HOT
+    dbt.HOT = 1
+    yield
+    dbt.HOT = hot
+
+
+def _both(m: Machine, budgets: list[int]) -> list[int]:
+    return differential_run(m, budgets, [0], dbt.run, reference.run)
+
+
+def test_registered() -> None:
+    assert "dbt" in CORE_NAMES and get_core("dbt") is dbt.run
+
+
+@given(machines(), BUDGETS, VALUES)
+def test_random_machines_match_reference(m: Machine, budgets: list[int], values: list[int]) -> None:
+    differential_run(m, budgets, values, dbt.run, reference.run)
+
+
+@given(machines(), st.lists(st.integers(1, 7), min_size=1, max_size=40), VALUES)
+def test_small_budgets_split_blocks(m: Machine, budgets: list[int], values: list[int]) -> None:
+    # Run once so the blocks are translated, then again from the start in slices that end mid-block.
+    warm = m.copy()
+    dbt.run(warm.state, warm.mem, 200)
+    differential_run(m, [*budgets, 300], values, dbt.run, reference.run)
+
+
+@given(machines(), st.integers(0, 3))
+def test_random_machines_twice_with_a_warm_cache(m: Machine, rounds: int) -> None:
+    # The same machine run repeatedly: every run after the first finds its blocks translated.
+    for _ in range(rounds + 1):
+        differential_run(m, [500], [0], dbt.run, reference.run)
+
+
+def test_sieve_matches_reference_and_runs_translated() -> None:
+    m = _machine(sieve_program(n=600, flags=0x400), memsize=0x400 + 600)
+    before = dbt.stats()
+    assert _both(m, [10_000_000]) == [S.EXIT_HALT]
+    after = dbt.stats()
+    assert after.block_insns > before.block_insns
+
+
+def test_self_modifying_code() -> None:
+    """A store over an instruction that already ran (and was translated); looping back runs the new one."""
+    patch = int.from_bytes(asm("addi r1, r1, 100"), "little")
+    image = asm(
+        f"""
+                addi    r2, r0, 3
+        top:
+        patched:
+                addi    r1, r1, 1
+                li      r3, {patch:#x}
+                st      r3, patched(r0)
+                addi    r2, r2, -1
+                bne     r2, r0, top
+                halt
+        """
+    )
+    m = _machine(image)
+    before = dbt.stats().invalidations
+    assert _both(m, [1000]) == [S.EXIT_HALT]
+    assert dbt.stats().invalidations > before
+    m2 = _machine(bytes(3) + image, base=3, bound=len(image))
+    differential_run(m2, [3, 1, 2, 1000], [0], dbt.run, reference.run)
+
+
+def test_store_into_a_later_word_of_the_same_block() -> None:
+    """A store that rewrites an instruction further down the block being run."""
+    patch = int.from_bytes(asm("addi r1, r1, 100"), "little")
+    image = asm(
+        f"""
+                addi    r2, r0, 3
+                li      r3, {patch:#x}
+        top:    addi    r1, r1, 1
+                st      r3, later(r0)
+                addi    r4, r4, 1
+        later:  addi    r1, r1, 1
+                st      r0, later(r0)       # zero: the next pass...
+                li      r5, {int.from_bytes(asm("addi r1, r1, 1"), "little"):#x}
+                st      r5, later(r0)       # ...restored before it runs
+                addi    r2, r2, -1
+                bne     r2, r0, top
+                halt
+        """
+    )
+    assert _both(_machine(image), [1000]) == [S.EXIT_HALT]
+
+
+def test_byte_store_into_the_next_instruction() -> None:
+    image = asm(
+        """
+                addi    r4, r0, HALT
+                stb     r4, 4 * 3 + 3(r0)
+                addi    r1, r0, 7
+                addi    r1, r0, 9
+                halt
+        """,
+        HALT=spec.BY_MNEMONIC["halt"].opcode,
+    )
+    _both(_machine(image, ivt=4 * 4), [100])
+
+
+def test_faults_inside_a_block_trap_exactly() -> None:
+    """Loads, stores and divisions that trap in the middle of translated blocks: epc and badaddr exact."""
+    image = asm(
+        """
+                jal     r0, main
+        handler:
+                mfcr    r9, epc
+                addi    r9, r9, 4
+                mtcr    epc, r9
+                addi    r10, r10, 1
+                iret
+        main:   addi    r7, r0, handler
+                mtcr    ivt, r7
+                addi    r2, r0, 20
+        loop:   addi    r1, r1, 1
+                ld      r3, 2(r0)           # ALIGN
+                addi    r1, r1, 1
+                ld      r3, -4(r0)          # MEM
+                divu    r4, r1, r0          # DIVZERO
+                st      r1, 0x100(r0)
+                stb     r1, 0x7FFF(r0)      # MEM
+                addi    r2, r2, -1
+                bne     r2, r0, loop
+                halt
+        """
+    )
+    for budgets in ([100_000], [5, 7, 3, 11, 100_000]):
+        assert _both(_machine(image), budgets)[-1] == S.EXIT_HALT
+
+
+@pytest.mark.parametrize("period", [2, 3, 5, 7, 11, 40])
+def test_timer_interrupts_at_the_same_instruction(period: int) -> None:
+    image = asm(
+        """
+                jal     r0, main
+        handler:
+                addi    r5, r5, 1
+                mfcr    r4, cycle
+                add     r8, r8, r4
+                mtcr    timer, r6
+                iret
+        main:   addi    r7, r0, handler
+                mtcr    ivt, r7
+                addi    r6, r0, PERIOD
+                mtcr    timer, r6
+                addi    r9, r0, 3           # supervisor, interrupts on
+                mtcr    psw, r9
+                addi    r2, r0, 2000
+        loop:   addi    r1, r1, 3
+                xor     r3, r3, r1
+                shli    r3, r3, 1
+                addi    r2, r2, -1
+                bne     r2, r0, loop
+                halt
+        """,
+        PERIOD=period,
+    )
+    assert _both(_machine(image), [1_000_000])[-1] == S.EXIT_HALT
+
+
+def test_flags_for_rewriting_and_paravirtual_support_interpret() -> None:
+    m = _machine(sieve_program(n=200, flags=0x400), memsize=0x400 + 200, flags=S.F_REWRITE)
+    assert _both(m, [10_000_000]) == [S.EXIT_HALT]
+
+
+def test_stats_report_translation_apart() -> None:
+    dbt.reset_stats()
+    m = _machine(sieve_program(n=300, flags=0x400), memsize=0x400 + 300)
+    dbt.run(m.state, m.mem, 1 << 30)
+    s = dbt.stats()
+    assert s.translations >= 1 and s.translate_seconds > 0 and s.block_runs > 0
+    assert "translations" in dbt.stats_line()
+
+
+def test_cold_code_is_not_translated() -> None:
+    dbt.HOT = 1 << 30
+    dbt.reset_stats()
+    m = _machine(sieve_program(n=300, flags=0x400), memsize=0x400 + 300)
+    assert _both(m, [10_000_000]) == [S.EXIT_HALT]
+    assert dbt.stats().translations == 0
+
+
+BUILDS = sorted(
+    [(p.relative_to(GUESTS).as_posix(), {}) for p in (GUESTS / "programs").glob("*.s") if p.name != "lib.s"]
+    + [("kernel/kernel.s", {}), ("kernel/kernel.s", {"CRASH": 1}), ("kernel/kernel.s", {"PARAVIRT": 1})],
+    key=str,
+)
+
+
+@pytest.mark.parametrize("path, defines", BUILDS, ids=[f"{p}{''.join(f'-{k}' for k in d)}" for p, d in BUILDS])
+def test_bundled_guests_run_as_on_the_reference_core(path: str, defines: dict) -> None:
+    image = assemble_file(str(GUESTS / path), defines=defines or None).image
+    runs = {}
+    for core in ("reference", "dbt"):
+        machine = HostMachine(core=core)
+        machine.load(image)
+        runs[core] = (machine, machine.run(100_000))
+    (ref, rres), (got, gres) = runs["reference"], runs["dbt"]
+    assert np.array_equal(got.state, ref.state) and np.array_equal(got.mem, ref.mem)
+    assert (gres.console, gres.exit, gres.halted) == (rres.console, rres.exit, rres.halted)
