@@ -17,7 +17,7 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from popek.vmm.serve.cluster import Cluster, ReplicaDown
+from popek.vmm.serve.cluster import Cluster, Replica, ReplicaDown
 from popek.vmm.serve.config import ServeConfig
 from popek.vmm.serve.dispatch import Dispatcher, Reply, ServeError, estimate_cost
 from popek.vmm.serve.migrate import MAX_TRANSFER, MigrationError, Migrations
@@ -239,6 +239,15 @@ async def status(request: web.Request) -> web.Response:
     return _json({"policy": fe.dispatcher.policy.name, "core": fe.config.core, "vms": vms, "totals": totals})
 
 
+def _admin_replica(request: web.Request) -> tuple[Frontend, Replica]:
+    """The front-end and the VM the path names, for an admin request (401/403 without the token, 404 no VM)."""
+    fe = _authorize(request)
+    replica = fe.cluster.replica(request.match_info["id"])
+    if replica is None:
+        raise ServeError(404, f"no VM {request.match_info['id']}")
+    return fe, replica
+
+
 def _authorize(request: web.Request) -> Frontend:
     """The front-end, if the request carries its admin token (401 without one, 403 with a wrong one)."""
     fe = request.app[FRONTEND_KEY]
@@ -254,10 +263,7 @@ def _authorize(request: web.Request) -> Frontend:
 
 async def admin(request: web.Request) -> web.Response:
     """POST /admin/vms/<id>/stop|start: power a VM off, or boot it afresh (admin token required)."""
-    fe = _authorize(request)
-    replica = fe.cluster.replica(request.match_info["id"])
-    if replica is None:
-        raise ServeError(404, f"no VM {request.match_info['id']}")
+    _, replica = _admin_replica(request)
     if request.match_info["action"] == "stop":
         await replica.stop()
     else:
@@ -267,10 +273,7 @@ async def admin(request: web.Request) -> web.Response:
 
 async def save(request: web.Request) -> web.Response:
     """POST /admin/vms/<id>/snapshot: the VM saved while it serves, as a snapshot file (`popek resume` runs it)."""
-    fe = _authorize(request)
-    replica = fe.cluster.replica(request.match_info["id"])
-    if replica is None:
-        raise ServeError(404, f"no VM {request.match_info['id']}")
+    _, replica = _admin_replica(request)
     try:
         data = await replica.snapshot()
     except ReplicaDown as e:
@@ -293,10 +296,7 @@ async def _transfer_body(request: web.Request) -> bytes:
 
 async def migrate(request: web.Request) -> web.Response:
     """POST /admin/vms/<id>/migrate {"to": URL[, "token": T]}: move the VM, serving, to another front-end."""
-    fe = _authorize(request)
-    replica = fe.cluster.replica(request.match_info["id"])
-    if replica is None:
-        raise ServeError(404, f"no VM {request.match_info['id']}")
+    fe, replica = _admin_replica(request)
     try:
         body = json.loads(await _body(request, MAX_MESSAGE))
         to, token = body["to"], body.get("token", "")
@@ -339,10 +339,7 @@ async def incoming_step(request: web.Request) -> web.Response:
 
 async def message(request: web.Request) -> web.Response:
     """POST /admin/vms/<id>/message?port=N: one guest message to the VM, its raw reply (forwarded requests)."""
-    fe = _authorize(request)
-    replica = fe.cluster.replica(request.match_info["id"])
-    if replica is None:
-        raise ServeError(404, f"no VM {request.match_info['id']}")
+    fe, replica = _admin_replica(request)
     port = request.query.get("port", "")
     if not (port.isascii() and port.isdigit() and int(port) < 65536):
         raise ServeError(400, "port must be a number below 65536")
