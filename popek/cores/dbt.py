@@ -50,7 +50,7 @@ TABLE_MASK = (1 << TABLE_BITS) - 1
 NO_KEY = -1  # an empty slot: no (pc, base) key is negative (pc and base are 32-bit)
 
 # The ALU operations, as the JIT core's fast loop emits them: R-format by mnemonic, I-format as (operation, mask).
-_ALU_R, _ALU_I = threaded._ALU, threaded._ALU_IMM
+_ALU_R, _ALU_I = threaded.ALU, threaded.ALU_IMM
 _BRANCH = {
     "beq": ("==", False),
     "bne": ("!=", False),

@@ -46,7 +46,7 @@ _BIG_ENDIAN = sys.byteorder == "big"  # P32 is little-endian: swap bytes on a bi
 RW_MARK = S.RW_OP_XLATE << 24  # the word a store leaves over the shadow of what it wrote
 
 # Binary operations on two 32-bit values, by R-format opcode (the I-format ones take the immediate as y).
-_ALU: dict[str, Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]] = {
+ALU: dict[str, Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]] = {
     "add": lambda b, x, y: b.add(x, y),
     "sub": lambda b, x, y: b.sub(x, y),
     "and": lambda b, x, y: b.and_(x, y),
@@ -61,7 +61,7 @@ _ALU: dict[str, Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]] = {
 }
 # I-format: the R-format operation and the mask that takes its immediate from the word (None: the low 16
 # bits sign-extended).
-_ALU_IMM = {
+ALU_IMM = {
     "addi": ("add", None),
     "andi": ("and", 0xFFFF),
     "ori": ("or", 0xFFFF),
@@ -229,14 +229,14 @@ class _Loop:
         self.trap_if(b.icmp_unsigned("!=", b.and_(pc, _c32(3)), _c32(0)), spec.ALIGN, lambda: pc)
         self.next()
 
-        for name, op in _ALU.items():
+        for name, op in ALU.items():
             w, pc = self.handler(name)
             self.set_reg(self.field(w, 20), op(b, self.reg(self.field(w, 16)), self.reg(self.field(w, 12))))
             self.retire(b.add(pc, _c32(4)))
-        for name, (alu, mask) in _ALU_IMM.items():
+        for name, (alu, mask) in ALU_IMM.items():
             w, pc = self.handler(name)
             imm = self.simm(w) if mask is None else b.and_(w, _c32(mask))
-            self.set_reg(self.field(w, 20), _ALU[alu](b, self.reg(self.field(w, 16)), imm))
+            self.set_reg(self.field(w, 20), ALU[alu](b, self.reg(self.field(w, 16)), imm))
             self.retire(b.add(pc, _c32(4)))
         self._divide()
 
