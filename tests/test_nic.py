@@ -260,3 +260,12 @@ handler:
         results.append((r.halted, r.regs[1:4], r.steps, host.vm(0).vstate[S.CYCLE]))
     assert results[0][:2] == (True, [17, N.DEV_NIC, N.EV_RX])
     assert all(r == results[0] for r in results)
+
+
+def test_the_drivers_constants_are_the_device_models() -> None:
+    """guests/kernel/nic.s, which every driver includes, says what popek/isa/devices/nic.py does."""
+    symbols = assemble_file(GUESTS / "kernel" / "nic.s").equates
+    names = ["NIC_CTRL", "NIC_RX", "NIC_TX", "NIC_URX", "NIC_SIZE", "NIC_DOORBELL", "NIC_STATUS", "NIC_ERROR"]
+    assert {n: symbols[n] for n in names} == {n: getattr(N, n) for n in names}
+    all_events = N.EV_RX | N.EV_TX | N.EV_URGENT | N.EV_ERROR
+    assert (symbols["NIC_EV_TX"], symbols["NIC_EV_ALL"], symbols["NIC_OWN"]) == (N.EV_TX, all_events, N.OWN)

@@ -66,15 +66,7 @@
 .endm
 
 # --- the network card (docs/devices.md): ports, and the device interrupt (cause 17) ------------------------
-.equ NIC_CTRL,      0x11
-.equ NIC_RX,        0x12
-.equ NIC_TX,        0x13
-.equ NIC_URX,       0x14
-.equ NIC_SIZE,      0x15
-.equ NIC_DOORBELL,  0x16
-.equ NIC_STATUS,    0x17
-.equ NIC_EV_TX,     2
-.equ NIC_EV_ALL,    15
+.include "nic.s"
 # start the card on the rings named by the block at reg {rx, tx, urx, size}, its interrupt on; res <- 0 when
 # it runs (clobbers res)
 .macro HAL_NET_SETUP reg, res

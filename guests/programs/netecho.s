@@ -10,14 +10,7 @@
 .endif
 .equ RING,          4               # descriptors per ring
 .equ BUFSIZE,       1024
-.equ OWN,           0x80000000
-.equ NIC_CTRL,      0x11
-.equ NIC_RX,        0x12
-.equ NIC_TX,        0x13
-.equ NIC_URX,       0x14
-.equ NIC_SIZE,      0x15
-.equ NIC_DOORBELL,  0x16
-.equ NIC_STATUS,    0x17
+.include "../kernel/nic.s"
 
 start:
         la      sp, stack_top
@@ -51,7 +44,7 @@ next:
         shli    r6, r10, 4
         add     r5, r5, r6
         ld      r6, 12(r5)
-        li      r7, OWN
+        li      r7, NIC_OWN
         and     r7, r6, r7
         bnez    r7, wait                # still the card's: nothing more received
         la      r7, tx_ring             # r7: the transmit descriptor at our index
@@ -65,7 +58,7 @@ next:
         st      r8, 8(r7)               # tag,
         li      r8, 0xFFFF
         and     r8, r6, r8
-        li      r9, OWN
+        li      r9, NIC_OWN
         or      r8, r8, r9
         st      r8, 12(r7)              # and port, handed to the card
         out     NIC_DOORBELL, r0
@@ -99,7 +92,7 @@ post:
         st      r6, 0(r4)
         st      r5, 4(r4)
         st      r0, 8(r4)
-        li      r5, OWN
+        li      r5, NIC_OWN
         st      r5, 12(r4)
         ret
 
