@@ -1,28 +1,40 @@
-"""The translating core: hot basic blocks of P32 compiled to machine code with LLVM, the rest interpreted.
+"""The translating core: hot regions of P32 code compiled to machine code with LLVM, the rest interpreted.
 
 ``run(state, mem, budget) -> exit code`` leaves ``state`` and ``mem`` bit for bit as ``reference.run`` does.
 It runs the machine in two alternating ways:
 
 - a *dispatcher* (LLVM IR, compiled once per process) looks the pc up in a direct-mapped translation cache
-  keyed by (pc, base) and calls the block's machine code while the block may run whole: no interrupt
-  deliverable, the budget and the timer cover all its instructions.  A block updates ``cycle``, ``steps``
-  and ``timer`` through the dispatcher exactly as retirement would;
+  keyed by (pc, base) and calls the region's machine code while no interrupt is deliverable;
 - everything else goes to the JIT core's interpreter (``jit.run`` with a budget of one block's length):
   system instructions, traps, interrupts, blocks that do not fit in the budget or the timer, and every run
   under the binary-rewriting or paravirtual host flags (F_REWRITE, F_PV).
 
-A block is straight-line ALU code, loads and stores, ending at a branch or jump (or before an instruction it
-does not translate, or at ``MAX_BLOCK`` instructions).  It is translated when its (pc, base) was reached
+A *block* is straight-line ALU code, loads and stores, ending at a branch or jump (or before an instruction
+it does not translate, or at ``MAX_BLOCK`` instructions).  A *region* is the blocks reachable from a hot
+entry through direct branches and jumps (at most ``MAX_REGION`` instructions), compiled as one function: a
+branch between two of its blocks is a jump in machine code, the guest's registers stay in machine registers
+across them, and a loop of guest code becomes a loop of machine code.  ``jalr`` jumps inside the region when
+its target is one of the region's blocks.  A region is translated when its entry (pc, base) was reached
 ``HOT`` times, so a short run interprets and pays nothing for translation.
 
-Exactness of the code itself: a block holds the words it was translated from and compares them with memory
-at every entry (a few loads), so any change of code, by the guest, the host or a fresh load, is seen before
-the block runs; a store inside a block into the block's own later words ends the block right after the
-store.  The block also checks at entry that every fetch lies in the relocation window.  A load, store or
-division that would trap ends the block just before that instruction with its effects up to there, and the
-interpreter then raises the trap with the exact epc and badaddr.
+Exactness:
 
-The cache is per process and shared by every machine (a block checks its words against whatever memory it
+- *budget and timer*: the dispatcher gives a region a stop (the budget, or the step at which the timer
+  expires if that is sooner) and a block runs only when it fits whole before it; otherwise the region
+  returns and the interpreter steps through the block, so the timer interrupt comes at exactly the same
+  instruction as on the other cores.  ``cycle``, ``steps`` and ``timer`` are updated as retirement would;
+- *traps*: a load, store or division that would trap ends the region just before that instruction with its
+  effects up to there, and the interpreter then raises the trap with the exact epc and badaddr;
+- *the code itself*: a region holds the words it was translated from and compares them with memory the first
+  time it runs in each *epoch*.  The epoch advances whenever the dispatcher is entered (the interpreter, the
+  host or a fresh load may have written anything since) and whenever translated code stores into a granule
+  of memory that holds translated code (a map of ``GRANULE``-byte granules, set when a region is
+  translated).  Such a store into the running region's own span ends the region right after the store.  A
+  region that finds its words changed does not run; its translation is dropped and made again once hot;
+- *relocation*: the cache is keyed by (pc, base), and a region runs only when all its words lie inside the
+  window that base and bound give.
+
+The cache is per process and shared by every machine (a region checks its words against whatever memory it
 runs on); ``run`` holds a lock, so one thread translates or runs at a time.
 """
 
@@ -31,6 +43,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,11 +56,15 @@ from popek.isa import state as S
 
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 M32 = 0xFFFFFFFF
-HOT = 16  # times a (pc, base) is reached before its block is translated
+HOT = 16  # times a (pc, base) is reached before a region is translated from it
 MAX_BLOCK = 64  # instructions in one block at most
+MAX_REGION = 512  # instructions in one region at most
 TABLE_BITS = 14
 TABLE_MASK = (1 << TABLE_BITS) - 1
 NO_KEY = -1  # an empty slot: no (pc, base) key is negative (pc and base are 32-bit)
+GRANULE_BITS = 8  # the code map marks memory in granules of 256 bytes,
+MAP_BITS = 20  # with 2**20 entries: addresses beyond 256 MiB share entries, which only costs a spare check
+ENV_EPOCH, ENV_MAP = 0, 1  # the dispatcher's environment: the epoch, the code map's address
 
 # The ALU operations, as the JIT core's fast loop emits them: R-format by mnemonic, I-format as (operation, mask).
 _ALU_R, _ALU_I = threaded.ALU, threaded.ALU_IMM
@@ -79,12 +96,12 @@ def _c64(v: int) -> ir.Constant:
 class Stats:
     """What translation cost and how much translated code ran (process-wide, since the last reset)."""
 
-    translations: int = 0  # blocks compiled
+    translations: int = 0  # regions compiled
     translated_insns: int = 0  # instructions in them
     translate_seconds: float = 0.0  # time spent compiling them (IR, optimisation, machine code)
-    reinserts: int = 0  # translations found again after another block took their cache slot
+    reinserts: int = 0  # translations found again after another region took their cache slot
     invalidations: int = 0  # translations dropped because memory under them changed
-    block_runs: int = 0  # blocks run by the dispatcher (translation cache hits)
+    block_runs: int = 0  # regions entered by the dispatcher (translation cache hits)
     block_insns: int = 0  # instructions retired in translated code
     interpreted_insns: int = 0  # steps the interpreter ran for this core
     setup_seconds: float = 0.0  # compiling the dispatcher (once per process)
@@ -108,7 +125,7 @@ def reset_stats() -> None:
         _T.counters[:] = 0
 
 
-# --- block translation ----------------------------------------------------------------------------------
+# --- region discovery -----------------------------------------------------------------------------------
 
 
 def scan_block(mem: np.ndarray, phys: int, limit: int) -> list[int]:
@@ -130,52 +147,133 @@ def scan_block(mem: np.ndarray, phys: int, limit: int) -> list[int]:
     return words
 
 
-class _Block:
-    """Emits one block's function: ``i64 f(i64* regs, i8* mem, i64 base, i64 lim)``.
+def _successors(pc: int, words: list[int]) -> list[int]:
+    """The pcs a block may go on to that are known before it runs (not a ``jalr``'s target)."""
+    end = pc + 4 * len(words)
+    d = spec.decode(words[-1])
+    assert d is not None
+    m, last = d.insn.mnemonic, end - 4
+    if m in _BRANCH:
+        return [(last + 4 * spec.sext(words[-1] & 0xFFFF, 16)) & M32, end]
+    if m == "jal":
+        return [(last + 4 * spec.sext(words[-1] & 0xFFFFF, 20)) & M32, end]  # the call's return lands at end
+    if m == "jalr":
+        return [end]  # a return to the instruction after a call
+    return [end]
 
-    It returns -1 when it may not run (its words changed, or a fetch would leave the window), else
-    ``k << 32 | next_pc``, ``k`` the instructions retired: fewer than the block's length when it stopped
-    before a trap or after a store into its own code.
+
+def find_region(
+    mem: np.ndarray, base: int, lim: int, entry: int, ran: Callable[[int], bool] = lambda pc: True
+) -> dict[int, list[int]]:
+    """The blocks of the region entered at ``entry``: pc -> words, the entry first (empty if untranslatable).
+
+    ``lim`` is the size of the relocation window (no block word at or past it).  A block other than the
+    entry joins only if ``ran(pc)``: code that has not run yet (an error path, a loop's exit) stays out,
+    which keeps translation short; the region leaves to the dispatcher there.
+    """
+    blocks: dict[int, list[int]] = {}
+    todo, total = [entry], 0
+    while todo and len(blocks) < MAX_REGION:
+        pc = todo.pop(0)
+        if pc in blocks or pc & 3 or pc >= lim or (blocks and not ran(pc)):
+            continue
+        words = scan_block(mem, base + pc, min((lim - pc) // 4, MAX_REGION - total))
+        if not words:
+            continue
+        blocks[pc] = words
+        total += len(words)
+        if total >= MAX_REGION:
+            break
+        todo += _successors(pc, words)
+    return blocks
+
+
+def _written(blocks: dict[int, list[int]]) -> set[int]:
+    """The registers the region's instructions write (all but stores and branches write ``rd``)."""
+    regs = set()
+    for words in blocks.values():
+        for w in words:
+            d = spec.decode(w)
+            assert d is not None
+            if d.insn.mnemonic not in _STORES and d.insn.mnemonic not in _BRANCH and d.a:
+                regs.add(d.a)
+    return regs
+
+
+# --- region translation ----------------------------------------------------------------------------------
+
+
+class _Region:
+    """Emits one region's function: ``i64 f(i64* state, i8* mem, i64 base, i64 lim, i64 r, i64 stop, i64* env)``.
+
+    It runs blocks while each fits before ``stop`` (``r`` counts the instructions retired) and returns the
+    new ``r``, with pc and the registers written back to ``state``; ``r`` unchanged means it ran nothing
+    (its words changed, a word lies outside the window, or its first block does not fit).
     """
 
-    def __init__(self, module: ir.Module, name: str, pc: int, words: list[int]) -> None:
-        fnty = ir.FunctionType(I64, [I64.as_pointer(), I8.as_pointer(), I64, I64])
+    def __init__(self, module: ir.Module, name: str, blocks: dict[int, list[int]]) -> None:
+        p64 = I64.as_pointer()
+        fnty = ir.FunctionType(I64, [p64, I8.as_pointer(), I64, I64, I64, I64, p64])
         self.fn = ir.Function(module, fnty, name=name)
-        self.regs, self.mem, self.base, self.lim = self.fn.args
-        self.pc, self.words = pc, words
+        self.state, self.mem, self.base, self.lim, r0, self.stop, self.env = self.fn.args
+        for arg in (self.state, self.mem, self.env):
+            arg.add_attribute("noalias")  # distinct arrays: a guest store leaves registers and map in place
+        self.blocks = blocks
+        self.epoch = ir.GlobalVariable(module, I64, name=f"{name}_epoch")
+        self.epoch.initializer = _c64(-1)
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
-        self.vals: dict[int, ir.Value] = {}
-        self.dirty: set[int] = set()
+        b = self.b
+        self.regs = [b.alloca(I32, name=f"r{i}") for i in range(16)]
+        self.v_r, self.v_pc = b.alloca(I64, name="r"), b.alloca(I32, name="pc")
+        b.store(r0, self.v_r)
+        self.r0 = r0
+        self.written = sorted(_written(blocks))
+        self.labels = {pc: self.fn.append_basic_block(f"b_{pc:x}") for pc in blocks}
+        self.exit = self.fn.append_basic_block("exit")
+        self.lo = min(blocks)
+        self.hi = max(pc + 4 * len(w) for pc, w in blocks.items())
 
     def reg(self, i: int) -> ir.Value:
-        if i == 0:
-            return _c32(0)
-        if i not in self.vals:
-            self.vals[i] = self.b.trunc(self.b.load(self.b.gep(self.regs, [_c64(i)])), I32)
-        return self.vals[i]
+        return _c32(0) if i == 0 else self.b.load(self.regs[i])
 
     def set_reg(self, i: int, v: ir.Value) -> None:
         if i:
-            self.vals[i] = v
-            self.dirty.add(i)
+            self.b.store(v, self.regs[i])
 
-    def leave(self, k: int, npc: ir.Value) -> None:
-        """Write the changed registers back and return ``k`` retired with ``npc`` next."""
+    def leave(self, k: int, pc: ir.Value) -> None:
+        """Leave the region with ``k`` more instructions of the current block retired and ``pc`` next."""
         b = self.b
-        for i in sorted(self.dirty):
-            b.store(b.zext(self.vals[i], I64), b.gep(self.regs, [_c64(i)]))
-        b.ret(b.or_(b.zext(npc, I64), _c64(k << 32)))
+        b.store(b.add(b.load(self.v_r), _c64(k)), self.v_r)
+        b.store(pc, self.v_pc)
+        b.branch(self.exit)
 
-    def leave_if(self, cond: ir.Value, k: int, npc: int) -> None:
+    def leave_if(self, cond: ir.Value, k: int, pc: int) -> None:
         with self.b.if_then(cond, likely=False):
-            self.leave(k, _c32(npc))
+            self.leave(k, _c32(pc))
+
+    def go(self, k: int, pc: ir.Value | int) -> None:
+        """End a block of ``k`` instructions: jump to the block at ``pc`` if the region has it, else leave."""
+        b = self.b
+        if isinstance(pc, int):
+            pc &= M32
+            if pc in self.labels:
+                b.store(b.add(b.load(self.v_r), _c64(k)), self.v_r)
+                b.branch(self.labels[pc])
+            else:
+                self.leave(k, _c32(pc))
+            return
+        b.store(b.add(b.load(self.v_r), _c64(k)), self.v_r)
+        b.store(pc, self.v_pc)
+        sw = b.switch(pc, self.exit)
+        for target, label in self.labels.items():
+            sw.add_case(_c32(target), label)
 
     def word_ptr(self, offset: ir.Value) -> ir.Value:
         return self.b.bitcast(self.b.gep(self.mem, [offset]), I32.as_pointer())
 
-    def data(self, i: int, va: ir.Value, size: int) -> ir.Value:
-        """Check an access (ALIGN, then MEM); stop before instruction ``i`` if it would trap."""
-        b, pc = self.b, self.pc + 4 * i
+    def data(self, i: int, pc: int, va: ir.Value, size: int) -> ir.Value:
+        """Check an access (ALIGN, then MEM); leave before instruction ``i`` (at ``pc``) if it would trap."""
+        b = self.b
         if size == 4:
             self.leave_if(b.icmp_unsigned("!=", b.and_(va, _c32(3)), _c32(0)), i, pc)
         vz = b.zext(va, I64)
@@ -183,25 +281,49 @@ class _Block:
         return b.add(self.base, vz)
 
     def emit(self) -> None:
-        b, n, pc0 = self.b, len(self.words), self.pc
+        b = self.b
         stale = self.fn.append_basic_block("stale")
-        # Entry: every fetch inside the window, then the words as translated.
-        ok = b.icmp_signed("<=", _c64(pc0 + 4 * n), self.lim)
-        body = self.fn.append_basic_block("check")
-        b.cbranch(ok, body, stale)
-        b.position_at_end(body)
-        phys = b.add(self.base, _c64(pc0))
+        # Entry: every word inside the window, and (once per epoch) the words as translated.
+        inside = b.icmp_signed("<=", _c64(self.hi), self.lim)
+        check = self.fn.append_basic_block("check")
+        b.cbranch(inside, check, stale)
+        b.position_at_end(check)
+        epoch = b.load(b.gep(self.env, [_c64(ENV_EPOCH)]))
+        verify, start = self.fn.append_basic_block("verify"), self.fn.append_basic_block("start")
+        b.cbranch(b.icmp_unsigned("==", b.load(self.epoch), epoch), start, verify)
+        b.position_at_end(verify)
         diff = _c32(0)
-        for i, w in enumerate(self.words):
-            got = b.load(self.word_ptr(b.add(phys, _c64(4 * i))), align=1)
-            diff = b.or_(diff, b.xor(got, _c32(w)))
-        body = self.fn.append_basic_block("body")
-        b.cbranch(b.icmp_unsigned("==", diff, _c32(0)), body, stale)
+        for pc, words in self.blocks.items():
+            for i, w in enumerate(words):
+                got = b.load(self.word_ptr(b.add(self.base, _c64(pc + 4 * i))), align=1)
+                diff = b.or_(diff, b.xor(got, _c32(w)))
+        ok = self.fn.append_basic_block("ok")
+        b.cbranch(b.icmp_unsigned("==", diff, _c32(0)), ok, stale)
+        b.position_at_end(ok)
+        b.store(epoch, self.epoch)
+        b.branch(start)
         b.position_at_end(stale)
-        b.ret(_c64(-1))
-        b.position_at_end(body)
-        npc: ir.Value = _c32(pc0 + 4 * n)  # falls through when the block ends before an untranslated word
-        for i, w in enumerate(self.words):
+        b.ret(self.r0)
+        b.position_at_end(start)
+        for i in range(1, 16):
+            b.store(b.trunc(b.load(b.gep(self.state, [_c64(i)])), I32), self.regs[i])
+        sw = b.switch(b.trunc(b.load(b.gep(self.state, [_c64(S.PC)])), I32), stale)  # any block is an entry
+        for pc, label in self.labels.items():
+            sw.add_case(_c32(pc), label)
+        for pc, words in self.blocks.items():
+            b.position_at_end(self.labels[pc])
+            self.emit_block(pc, words)
+        b.position_at_end(self.exit)
+        for i in self.written:
+            b.store(b.zext(b.load(self.regs[i]), I64), b.gep(self.state, [_c64(i)]))
+        b.store(b.zext(b.load(self.v_pc), I64), b.gep(self.state, [_c64(S.PC)]))
+        b.ret(b.load(self.v_r))
+
+    def emit_block(self, pc0: int, words: list[int]) -> None:
+        b, n = self.b, len(words)
+        fits = b.icmp_signed("<=", b.add(b.load(self.v_r), _c64(n)), self.stop)
+        self.leave_if(b.not_(fits), 0, pc0)
+        for i, w in enumerate(words):
             pc = pc0 + 4 * i
             d = spec.decode(w)
             assert d is not None
@@ -226,7 +348,7 @@ class _Block:
             elif m == "lui":
                 self.set_reg(d.a, _c32(w << 16))
             elif m in _LOADS:
-                off = self.data(i, b.add(self.reg(d.b), simm), _LOADS[m])
+                off = self.data(i, pc, b.add(self.reg(d.b), simm), _LOADS[m])
                 if m == "ld":
                     v = b.load(self.word_ptr(off), align=1)
                 else:
@@ -234,44 +356,61 @@ class _Block:
                     v = b.sext(byte, I32) if m == "ldb" else b.zext(byte, I32)
                 self.set_reg(d.a, v)
             elif m in _STORES:
-                size = _STORES[m]
-                off = self.data(i, b.add(self.reg(d.b), simm), size)
-                value = self.reg(d.a)
-                if size == 4:
-                    b.store(value, self.word_ptr(off), align=1)
-                else:
-                    b.store(b.trunc(value, I8), b.gep(self.mem, [off]))
-                # A store into this block's later words: stop after it, so they are checked again.
-                later = b.add(phys, _c64(4 * (i + 1)))
-                end = b.add(phys, _c64(4 * n))
-                hits = b.and_(b.icmp_signed(">", b.add(off, _c64(size)), later), b.icmp_signed("<", off, end))
-                self.leave_if(hits, i + 1, pc + 4)
+                self.emit_store(i, pc, w, d, _STORES[m])
             elif m in _BRANCH:
                 op, signed = _BRANCH[m]
                 x, y = self.reg(d.a), self.reg(d.b)
                 taken = b.icmp_signed(op, x, y) if signed else b.icmp_unsigned(op, x, y)
-                npc = b.select(taken, _c32(pc + 4 * spec.sext(w & 0xFFFF, 16)), _c32(pc + 4))
+                yes, no = self.fn.append_basic_block(), self.fn.append_basic_block()
+                b.cbranch(taken, yes, no)
+                b.position_at_end(yes)
+                self.go(n, pc + 4 * spec.sext(w & 0xFFFF, 16))
+                b.position_at_end(no)
+                self.go(n, pc + 4)
+                return
             elif m == "jal":
                 self.set_reg(d.a, _c32(pc + 4))
-                npc = _c32(pc + 4 * spec.sext(w & 0xFFFFF, 20))
+                self.go(n, pc + 4 * spec.sext(w & 0xFFFFF, 20))
+                return
             elif m == "jalr":
-                npc = b.add(self.reg(d.b), simm)  # before writing rd: jalr r1, 0(r1)
+                target = b.add(self.reg(d.b), simm)  # before writing rd: jalr r1, 0(r1)
                 self.set_reg(d.a, _c32(pc + 4))
+                self.go(n, target)
+                return
             else:
                 raise AssertionError(m)
-        self.leave(n, npc)
+        self.go(n, pc0 + 4 * n)  # the block ended before an untranslated word or at MAX_BLOCK
+
+    def emit_store(self, i: int, pc: int, w: int, d: spec.Decoded, size: int) -> None:
+        b = self.b
+        off = self.data(i, pc, b.add(self.reg(d.b), _c32(spec.sext(w & 0xFFFF, 16))), size)
+        value = self.reg(d.a)
+        if size == 4:
+            b.store(value, self.word_ptr(off), align=1)
+        else:
+            b.store(b.trunc(value, I8), b.gep(self.mem, [off]))
+        # Into a granule holding translated code: a new epoch, so every region checks its words again
+        # before it next runs; into this region's own span: leave right after the store.
+        cmap = b.inttoptr(b.load(b.gep(self.env, [_c64(ENV_MAP)])), I8.as_pointer())
+        g = b.and_(b.lshr(off, _c64(GRANULE_BITS)), _c64((1 << MAP_BITS) - 1))
+        with b.if_then(b.icmp_unsigned("!=", b.load(b.gep(cmap, [g])), ir.Constant(I8, 0)), likely=False):
+            ep = b.gep(self.env, [_c64(ENV_EPOCH)])
+            b.store(b.add(b.load(ep), _c64(1)), ep)
+            lo, hi = b.add(self.base, _c64(self.lo)), b.add(self.base, _c64(self.hi))
+            hits = b.and_(b.icmp_signed(">", b.add(off, _c64(size)), lo), b.icmp_signed("<", off, hi))
+            self.leave_if(hits, i + 1, pc + 4)
 
 
 # --- the dispatcher ----------------------------------------------------------------------------------
 
 
 def _emit_dispatcher(module: ir.Module) -> None:
-    """``i64 dispatch(state, mem, memsize, keys, fns, lens, counters, budget)`` -> steps run (see module doc)."""
+    """``i64 dispatch(state, mem, memsize, keys, fns, counters, budget, env)`` -> steps run (see module doc)."""
     p64 = I64.as_pointer()
-    fnty = ir.FunctionType(I64, [p64, I8.as_pointer(), I64, p64, p64, p64, p64, I64])
+    fnty = ir.FunctionType(I64, [p64, I8.as_pointer(), I64, p64, p64, p64, I64, p64])
     fn = ir.Function(module, fnty, name="p32_dispatch")
-    state, mem, memsize, keys, fns, lens, counters, budget = fn.args
-    blockty = ir.FunctionType(I64, [p64, I8.as_pointer(), I64, I64]).as_pointer()
+    state, mem, memsize, keys, fns, counters, budget, env = fn.args
+    regionty = ir.FunctionType(I64, [p64, I8.as_pointer(), I64, I64, I64, I64, p64]).as_pointer()
     b = ir.IRBuilder(fn.append_basic_block("entry"))
 
     def slot(i: int) -> ir.Value:
@@ -282,18 +421,20 @@ def _emit_dispatcher(module: ir.Module) -> None:
         b.store(v, a)
         return a
 
+    ep = b.gep(env, [_c64(ENV_EPOCH)])
+    b.store(b.add(b.load(ep), _c64(1)), ep)  # anything may have changed memory since the last call
     base = b.and_(b.load(slot(S.BASE)), _c64(M32))
     bound = b.and_(b.load(slot(S.BOUND)), _c64(M32))
     room = b.sub(memsize, base)
     lim = b.select(b.icmp_signed("<", bound, room), bound, room)
     ie = b.icmp_unsigned("!=", b.and_(b.load(slot(S.PSW)), _c64(spec.PSW_IE)), _c64(0))
-    v_pc, v_r = var(b.load(slot(S.PC))), var(_c64(0))
+    v_r = var(_c64(0))
     v_timer, v_pend, v_runs = var(b.load(slot(S.TIMER))), var(b.load(slot(S.PENDING))), var(_c64(0))
     loop, out = fn.append_basic_block("loop"), fn.append_basic_block("out")
     b.branch(loop)
 
     b.position_at_end(loop)
-    pc, r, timer = b.load(v_pc), b.load(v_r), b.load(v_timer)
+    r, timer = b.load(v_r), b.load(v_timer)
 
     def go_out_if(cond: ir.Value) -> None:
         nxt = fn.append_basic_block()
@@ -302,29 +443,27 @@ def _emit_dispatcher(module: ir.Module) -> None:
 
     go_out_if(b.icmp_signed(">=", r, budget))
     go_out_if(b.and_(ie, b.icmp_unsigned("!=", b.load(v_pend), _c64(0))))
+    pc = b.load(slot(S.PC))
     key = b.or_(pc, b.shl(base, _c64(32)))
     idx = b.and_(b.xor(b.lshr(pc, _c64(2)), b.lshr(base, _c64(2))), _c64(TABLE_MASK))
     go_out_if(b.icmp_unsigned("!=", b.load(b.gep(keys, [idx])), key))
-    n = b.load(b.gep(lens, [idx]))
-    go_out_if(b.icmp_signed(">", b.add(r, n), budget))
-    go_out_if(b.and_(b.icmp_unsigned("!=", timer, _c64(0)), b.icmp_signed("<", timer, n)))
-    f = b.inttoptr(b.load(b.gep(fns, [idx])), blockty)
-    res = b.call(f, [state, mem, base, lim])
-    go_out_if(b.icmp_signed("<", res, _c64(0)))
-    k = b.lshr(res, _c64(32))
-    b.store(b.and_(res, _c64(M32)), v_pc)
-    b.store(b.add(r, k), v_r)
-    b.store(b.add(b.load(v_runs), _c64(1)), v_runs)
     ticking = b.icmp_unsigned("!=", timer, _c64(0))
+    by_timer = b.add(r, timer)
+    stop = b.select(b.and_(ticking, b.icmp_signed("<", by_timer, budget)), by_timer, budget)
+    f = b.inttoptr(b.load(b.gep(fns, [idx])), regionty)
+    r2 = b.call(f, [state, mem, base, lim, r, stop, env])
+    k = b.sub(r2, r)
+    go_out_if(b.icmp_signed("<=", k, _c64(0)))  # it ran nothing: the interpreter goes on from pc
+    b.store(r2, v_r)
+    b.store(b.add(b.load(v_runs), _c64(1)), v_runs)
     left = b.select(ticking, b.sub(timer, k), _c64(0))
     b.store(left, v_timer)
     expired = b.and_(ticking, b.icmp_unsigned("==", left, _c64(0)))
     b.store(b.select(expired, b.or_(b.load(v_pend), _c64(S.PEND_TIMER)), b.load(v_pend)), v_pend)
-    b.cbranch(b.icmp_signed("<", k, n), out, loop)  # stopped early: the interpreter goes on from there
+    b.branch(loop)
 
     b.position_at_end(out)
     r = b.load(v_r)
-    b.store(b.load(v_pc), slot(S.PC))
     b.store(b.add(b.load(slot(S.CYCLE)), r), slot(S.CYCLE))
     b.store(b.add(b.load(slot(S.STEPS)), r), slot(S.STEPS))
     b.store(b.load(v_timer), slot(S.TIMER))
@@ -337,8 +476,18 @@ def _emit_dispatcher(module: ir.Module) -> None:
 
 
 _DISPATCH_TYPE = ctypes.CFUNCTYPE(
-    ctypes.c_int64, *([ctypes.c_void_p] * 2), ctypes.c_int64, *([ctypes.c_void_p] * 4), ctypes.c_int64
+    ctypes.c_int64, *([ctypes.c_void_p] * 2), ctypes.c_int64, *([ctypes.c_void_p] * 3), ctypes.c_int64, ctypes.c_void_p
 )
+
+
+@dataclass
+class _Translation:
+    address: int  # of the compiled function
+    blocks: dict[int, list[int]]  # pc -> words it was translated from, the entry first
+
+    def matches(self, mem: np.ndarray, base: int) -> bool:
+        """Memory still holds the words the region was translated from."""
+        return all(_words_at(mem, base + pc, len(words)) == words for pc, words in self.blocks.items())
 
 
 class _Translator:
@@ -357,11 +506,12 @@ class _Translator:
         self.dispatch = _DISPATCH_TYPE(self.engine.get_function_address("p32_dispatch"))
         self.keys = np.full(1 << TABLE_BITS, NO_KEY, dtype=np.int64)
         self.fns = np.zeros(1 << TABLE_BITS, dtype=np.int64)
-        self.lens = np.zeros(1 << TABLE_BITS, dtype=np.int64)
         self.counters = np.zeros(2, dtype=np.int64)
-        self.blocks: dict[int, tuple[int, list[int]]] = {}  # key -> (function address, words)
+        self.code_map = np.zeros(1 << MAP_BITS, dtype=np.uint8)
+        self.env = np.array([0, self.code_map.ctypes.data], dtype=np.int64)
+        self.regions: dict[int, _Translation] = {}  # key -> the region entered there (at any of its blocks)
         self.heat: dict[int, int] = {}  # key -> times reached untranslated
-        self.lengths: dict[int, int] = {}  # key -> block length last scanned (how far to interpret)
+        self.lengths: dict[int, int] = {}  # key -> length of the block there, last scanned (how far to interpret)
         self.serial = 0
         _STATS.setup_seconds += time.perf_counter() - t0
 
@@ -374,34 +524,42 @@ class _Translator:
         self.engine.add_module(mod)
         self.engine.finalize_object()
 
-    def translate(self, key: int, pc: int, words: list[int]) -> None:
-        """Compile the block and put it in the cache."""
+    def translate(self, key: int, blocks: dict[int, list[int]]) -> None:
+        """Compile the region and put it in the cache."""
         t0 = time.perf_counter()
         self.serial += 1
-        name = f"p32_block_{self.serial}"
+        name = f"p32_region_{self.serial}"
         module = ir.Module(name=name)
-        _Block(module, name, pc, words).emit()
+        _Region(module, name, blocks).emit()
         self._add(module)
-        self.blocks[key] = (self.engine.get_function_address(name), words)
-        self.insert(key)
+        region = _Translation(self.engine.get_function_address(name), blocks)
+        base = key >> 32
+        for pc, words in blocks.items():
+            first, last = (base + pc) >> GRANULE_BITS, (base + pc + 4 * len(words) - 1) >> GRANULE_BITS
+            self.code_map[np.arange(first, last + 1) & ((1 << MAP_BITS) - 1)] = 1
+            self.regions[pc | base << 32] = region
+            self.insert(pc | base << 32)
         _STATS.translations += 1
-        _STATS.translated_insns += len(words)
+        _STATS.translated_insns += sum(map(len, blocks.values()))
         _STATS.translate_seconds += time.perf_counter() - t0
 
     def insert(self, key: int) -> None:
         """Give the translation of ``key`` its cache slot (evicting whatever held it)."""
-        addr, words = self.blocks[key]
         i = _index(key)
-        self.keys[i], self.fns[i], self.lens[i] = NO_KEY, addr, len(words)
+        self.keys[i], self.fns[i] = NO_KEY, self.regions[key].address
         self.keys[i] = key
 
     def invalidate(self, key: int) -> None:
-        """Drop the translation of ``key`` (its code changed); it is translated again once hot."""
-        del self.blocks[key]
-        i = _index(key)
-        if self.keys[i] == key:
-            self.keys[i] = NO_KEY
-        self.heat[key] = 0
+        """Drop the region that ``key`` enters (its code changed) at all its entries; translated again once hot."""
+        region, base = self.regions[key], key >> 32
+        for pc in region.blocks:
+            other = pc | base << 32
+            if self.regions.get(other) is region:
+                del self.regions[other]
+                i = _index(other)
+                if self.keys[i] == other:
+                    self.keys[i] = NO_KEY
+                self.heat[other] = 0
         _STATS.invalidations += 1
 
 
@@ -421,31 +579,31 @@ def _words_at(mem: np.ndarray, phys: int, n: int) -> list[int] | None:
 
 
 def _after_dispatch(t: _Translator, state: np.ndarray, mem: np.ndarray) -> int:
-    """The dispatcher stopped: translate or re-insert the block at pc (return 0), or how many steps to interpret."""
+    """The dispatcher stopped: translate or re-insert the region at pc (return 0), or how many steps to interpret."""
     pc, base = int(state[S.PC]) & M32, int(state[S.BASE]) & M32
     key = pc | base << 32
     if pc & 3:
         return 1
-    block = t.blocks.get(key)
-    if block is not None:
-        words = block[1]
-        if _words_at(mem, base + pc, len(words)) != words:
+    region = t.regions.get(key)
+    if region is not None:
+        if not region.matches(mem, base):
             t.invalidate(key)
         elif t.keys[_index(key)] != key:
             t.insert(key)
             _STATS.reinserts += 1
             return 0
         else:
-            return len(words)  # it may not run whole now (budget, timer, interrupt, a trap in it)
+            return len(region.blocks[pc])  # it may not run now (budget, timer, interrupt, a trap, the window)
     t.heat[key] = heat = t.heat.get(key, 0) + 1
     length = t.lengths.get(key)
     if heat >= HOT or length is None:
         lim = min(int(state[S.BOUND]) & M32, len(mem) - base)
-        words = scan_block(mem, base + pc, (lim - pc) // 4)
+        blocks = find_region(mem, base, lim, pc, lambda at: (at | base << 32) in t.heat) if heat >= HOT else {}
+        words = blocks.get(pc) or scan_block(mem, base + pc, (lim - pc) // 4)
         t.lengths[key] = length = max(len(words), 1)
         if heat >= HOT:
-            if words:
-                t.translate(key, pc, words)
+            if blocks:
+                t.translate(key, blocks)
                 return 0
             t.heat[key] = 0  # starts with an instruction left to the interpreter: look again later
     return length
@@ -464,9 +622,9 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
         t = _T
         remaining = int(budget)
         sp, mp = state.ctypes.data, mem.ctypes.data
-        kp, fp, lp, cp = t.keys.ctypes.data, t.fns.ctypes.data, t.lens.ctypes.data, t.counters.ctypes.data
+        kp, fp, cp, ep = t.keys.ctypes.data, t.fns.ctypes.data, t.counters.ctypes.data, t.env.ctypes.data
         while True:
-            remaining -= t.dispatch(sp, mp, len(mem), kp, fp, lp, cp, remaining)
+            remaining -= t.dispatch(sp, mp, len(mem), kp, fp, cp, remaining, ep)
             if remaining <= 0:
                 return S.EXIT_BUDGET
             chunk = _after_dispatch(t, state, mem)
@@ -486,6 +644,6 @@ def stats_line() -> str:
     s = stats()
     return (
         f"{s.translations} translations ({s.translated_insns} instructions, {s.translate_seconds * 1000:.1f} ms), "
-        f"{s.block_runs} block runs, {s.reinserts} re-inserted, {s.invalidations} invalidated, "
+        f"{s.block_runs} region runs, {s.reinserts} re-inserted, {s.invalidations} invalidated, "
         f"{s.interpreted_insns} steps interpreted"
     )
