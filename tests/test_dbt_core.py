@@ -114,6 +114,40 @@ def test_store_into_a_later_word_of_the_same_block() -> None:
     assert _both(_machine(image), [1000]) == [S.EXIT_HALT]
 
 
+def test_store_into_another_regions_code() -> None:
+    """One translated region patches a routine that is another region (reached only through ``jalr``)."""
+    patch = int.from_bytes(asm("addi r1, r1, 100"), "little")
+    image = asm(
+        f"""
+                addi    r2, r0, 6
+                li      r3, {patch:#x}
+                addi    r4, r0, 3
+        top:    la      r8, fn
+                jalr    r15, 0(r8)
+                addi    r2, r2, -1
+                bne     r2, r4, skip
+                st      r3, fn(r0)
+        skip:   bne     r2, r0, top
+                halt
+        fn:     addi    r1, r1, 1
+                jalr    r0, 0(r15)
+        """
+    )
+    before = dbt.stats().invalidations
+    m = _machine(image)
+    assert _both(m, [100_000]) == [S.EXIT_HALT]
+    assert dbt.stats().invalidations > before
+
+
+@given(st.lists(st.integers(1, 3000), min_size=1, max_size=30))
+def test_budgets_that_end_inside_translated_loops(budgets: list[int]) -> None:
+    # A warm cache first, so that every slice starts and ends inside translated regions.
+    m = _machine(sieve_program(n=400, flags=0x400), memsize=0x400 + 400)
+    warm = m.copy()
+    dbt.run(warm.state, warm.mem, 1 << 30)
+    differential_run(m, [*budgets, 1 << 30], [0], dbt.run, reference.run)
+
+
 def test_byte_store_into_the_next_instruction() -> None:
     image = asm(
         """
