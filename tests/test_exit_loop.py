@@ -81,11 +81,12 @@ def test_bundled_guests_count_the_same_exits(core: str, monitor: str, path: str)
 
 
 @pytest.mark.parametrize("core", ["jit", "c"])
-@pytest.mark.parametrize("monitor", MONITORS)
-def test_a_server_counts_the_same_exits(core: str, monitor: str) -> None:
-    """The server kernel: network card doorbells and waiting come back to the monitor, the rest does not."""
+@pytest.mark.parametrize(("monitor", "defines"), [(m, None) for m in MONITORS] + [("pv", {"PARAVIRT": 1})])
+def test_a_server_counts_the_same_exits(core: str, monitor: str, defines: dict | None) -> None:
+    """The server kernel: network card doorbells and waiting come back to the monitor, the rest does not (the PV
+    build: blocks with the timer off and the card's events)."""
     core_or_skip(core)
-    image = assemble_file(str(SERVER)).image
+    image = assemble_file(str(SERVER), defines=defines).image
     runs = []
     for compiled in (False, True):
         h = host(image, monitor, "classic", core, compiled, 4 << 20)
@@ -175,3 +176,85 @@ def test_a_kernel_at_an_unaligned_base_is_interpreted_by_the_monitor(core: str) 
     assert_same_run(*runs)
     vm = runs[1].vms[0]
     assert vm.halted and vm.vstate[1] == 5 and vm.stats.extra["interpreted"] == 4
+
+
+PV_GUESTS = [
+    ("kernel/kernel.s", {"PARAVIRT": 1}),
+    ("kernel/kernel.s", {"PARAVIRT": 1, "CRASH": 1}),
+    ("kernel/kernel.s", {"PARAVIRT": 1, "ROUNDS": 40}),  # 40 console flushes: more than one call's buffer
+    ("programs/syscalls.s", {"PARAVIRT": 1, "COUNT": 2000}),
+]
+
+
+@pytest.mark.parametrize("slice_", [97, 5_000, 10**7])
+@pytest.mark.parametrize(("path", "defines"), PV_GUESTS)
+def test_pv_guests_count_the_same_exits(path: str, defines: dict, slice_: int) -> None:
+    """The compiled loop's console flushes, blocks and bounced traps are those of paravirt.py, in any slices."""
+    core = core_or_skip("jit")
+    image = assemble_file(str(GUESTS / path), defines=defines).image
+    runs = []
+    for compiled in (False, True):
+        h = host(image, "pv", "classic", core, compiled, 1 << 20)
+        h.run(3_000_000, slice_steps=slice_)
+        runs.append(h)
+    assert_same_run(*runs)
+    assert runs[1].monitors[0].pv_loop() is not None and runs[0].monitors[0].pv_loop() is None
+    vm = runs[1].vms[0]
+    assert vm.halted and vm.stats.exits["hcall"] > 0
+    if "CRASH" in defines:
+        assert vm.stats.exits["MEM"] == 1 and vm.stats.reflected == 1
+
+
+# Pieces of a random PV guest's kernel: the hypercalls the compiled loop performs (console_flush, block) in
+# every state the shared area can be in, faults it bounces, the timer, the mask, the processor's own work.
+PV_PIECES = [
+    "hcall HC_CONSOLE_FLUSH",
+    "hcall HC_BLOCK",
+    "li r5, {n}\n st r5, HAL_CONS_LEN(zero)",  # any length, even beyond the buffer
+    "li r5, {n}\n HAL_TIMER_SET r5",
+    "li r5, {n}\n HAL_PUTC r5",
+    "st zero, HAL_MASK(zero)",
+    "li r5, 1\n st r5, HAL_MASK(zero)",
+    "HAL_IRQ_ENABLE r5",
+    "li r5, {ev}\n st r5, HAL_NET_EVENTS(zero)",
+    "ld r5, -4(zero)",  # a fault, bounced into the entry
+    "syscall {ev}",  # delivered by the processor
+    "hcall 14",  # no such hypercall: back to the monitor
+    "addi r6, r6, {n}",
+]
+PV_ENTRY = """
+entry:  HAL_GET_CAUSE r7                # count the traps; step over a fault or a call, not an interrupt
+        addi r8, r8, 1
+        li r9, 16
+        bgeu r7, r9, 1f
+        HAL_GET_EPC r9
+        addi r9, r9, 4
+        HAL_SET_EPC r9
+1:      HAL_ENTER_USER
+"""
+
+
+@st.composite
+def pv_kernels(draw: st.DrawFn) -> bytes:
+    """A PV guest that registers an entry, then runs random pieces in its kernel context."""
+    pieces = draw(st.lists(st.sampled_from(PV_PIECES), min_size=1, max_size=40))
+    body = "\n".join(
+        p.format(n=draw(st.sampled_from([0, 1, 3, 40, 255, 256, 300, 2000])), ev=draw(st.integers(0, 15)))
+        for p in pieces
+    )
+    source = f"""
+        .include "hal_pv.s"
+        la      r4, entry
+        HAL_SET_IVT r4
+{body}
+        li      r1, 0
+        HAL_HALT
+{PV_ENTRY}
+"""
+    return assemble(source, str(GUESTS / "kernel" / "test.s"), include_dirs=[GUESTS / "kernel"]).image
+
+
+@given(image=pv_kernels(), steps=st.integers(1, 3000), slice_=st.sampled_from([1, 7, 97, 10**6]))
+def test_random_pv_guests_count_the_same_exits(image: bytes, steps: int, slice_: int) -> None:
+    core = core_or_skip("jit")
+    both(image, "pv", "classic", core, steps, MEMSIZE, slice_)

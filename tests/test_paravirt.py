@@ -376,6 +376,18 @@ def test_pv_kernel_prints_what_the_native_kernel_prints(profile: str, core: str,
     assert st_["traps delivered by the core"] == 30 - 2 * crash  # the tasks' system calls (a killed task makes 2 fewer)
 
 
+@pytest.mark.parametrize("monitor", [pv.Paravirt, pv.ParavirtNoAssist])
+def test_a_longer_pv_kernel_fills_its_console_buffer_inside_writes(monitor: type) -> None:
+    """Dozens of console flushes, most in the middle of a task's line: every line as on the bare machine."""
+    machine = BareMachine(core="jit")
+    machine.load(build(KERNEL, ROUNDS=30).image)
+    expected = machine.run().console
+    result = pv_host(build(KERNEL, "PARAVIRT", ROUNDS=30).image, monitor=monitor).run(10_000_000)[0]
+    assert result.halted and result.status == 0, result.message
+    assert per_task(result.console) == per_task(expected) and len(per_task(expected)[1]) == 33
+    assert result.stats["hcall console_flush"] >= 5
+
+
 class NoAssistSameFeatures(pv.ParavirtNoAssist):
     """Every trap and hypercall through the monitor, the guest told the processor performs them."""
 
@@ -585,6 +597,48 @@ def test_hal_macros_change_only_the_registers_they_name() -> None:
         assert regs[1] == 0x141 and regs[3:6] == [0x343, 0x444, 0x545] and regs[9:12] == [0x949, 0x949, 0xB4B]
         assert regs[7] == 0 and regs[8] == 1  # the temporaries the IRQ macros name
         assert 0 < regs[6] < regs[2]  # cycle counts, in order
+
+
+CONS_WRITE = """
+.ifdef PARAVIRT
+        .include "hal_pv.s"
+.else
+        .include "hal_native.s"
+.endif
+        la      r4, entry
+        HAL_SET_IVT r4
+        li      r1, 0x41
+        li      r3, 0x33
+        li      r2, '>'
+        HAL_PUTC r2
+        la      r10, text
+        la      r11, text_end
+        HAL_CONS_WRITE r10, r11, r2
+        HAL_CONS_WRITE r10, r11, r2     # nothing left to write
+        li      r2, '<'
+        HAL_PUTC r2
+        HAL_HALT
+entry:  HAL_GET_CAUSE r1
+        HAL_HALT
+text:   .ascii  "TEXT"
+        .align  4
+text_end:
+"""
+
+
+def test_hal_cons_write_writes_what_the_native_hal_writes() -> None:
+    """A buffer of more than two consoles' worth, copied into the PV console buffer in one macro."""
+    text = "".join(chr(48 + i % 75) for i in range(700)).replace("\\", "/")
+    source = CONS_WRITE.replace("TEXT", text)
+    native = assemble(source, str(HAL_DIR / "t.s"), include_dirs=[HAL_DIR]).image
+    bare = bare_run(native, "classic", 100_000)
+    assert bare.halted and bare.console.text() == ">" + text + "<"
+    paravirt = assemble(source, str(HAL_DIR / "t.s"), include_dirs=[HAL_DIR], defines={"PARAVIRT": 1}).image
+    for monitor in (pv.Paravirt, pv.ParavirtNoAssist):
+        result, vm = run_pv(paravirt, monitor=monitor)
+        assert result.halted and result.console == bare.console.text() and result.status == 0x41
+        assert result.regs[3] == 0x33 and result.regs[10] == result.regs[11]
+        assert vm.stats.extra["hcall console_flush"] == 2
 
 
 def test_popek_run_reports_the_hypercalls(capsys: pytest.CaptureFixture) -> None:

@@ -98,6 +98,15 @@
 .macro HAL_PUTC reg                 # write the low byte of reg to the console
     out 0, \reg
 .endm
+.macro HAL_CONS_WRITE from, to, tmp # write the bytes at from up to to (physical) (clobbers from, tmp)
+hal_next\@:
+    beq \from, \to, hal_end\@
+    ldbu \tmp, 0(\from)
+    out 0, \tmp
+    addi \from, \from, 1
+    j hal_next\@
+hal_end\@:
+.endm
 .macro HAL_HALT                     # stop the machine; exit status r1 & 0xFF
     halt
 .endm

@@ -68,6 +68,7 @@ hal_pv_end:
 .equ HAL_FEATURES,  hal_shared + SH_FEATURES
 .equ HAL_CONS_LEN,  hal_shared + SH_CONS_LEN
 .equ HAL_CONS_BUF,  hal_shared + SH_CONS_BUF
+.equ HAL_CONS_END,  HAL_CONS_BUF + CONS_SIZE
 .equ HAL_NET_EVENTS, hal_shared + SH_NET_EVENTS
 .equ HAL_MC_COUNT,  hal_shared + SH_MC_COUNT
 .equ HAL_MC0,       hal_shared + SH_MC              # a queued HC_SET_TIMER
@@ -207,6 +208,28 @@ hal_room\@:
     st r1, HAL_CONS_LEN(zero)
     ld r1, hal_t1(zero)
     ld r2, hal_t2(zero)
+.endm
+.macro HAL_CONS_WRITE from, to, tmp # copy the bytes at from up to to into the console buffer, as Xen's console
+    beq \from, \to, hal_none\@      # driver copies into its ring; one HC_CONSOLE_FLUSH per full buffer
+    st r1, hal_t1(zero)             # (clobbers from, tmp; none of the three may be r1)
+    ld r1, HAL_CONS_LEN(zero)
+    addi r1, r1, -CONS_SIZE         # r1: the length less the size, 0 when the buffer is full
+hal_next\@:
+    bnez r1, hal_room\@
+    li r1, CONS_SIZE
+    st r1, HAL_CONS_LEN(zero)
+    hcall HC_CONSOLE_FLUSH
+    li r1, -CONS_SIZE
+hal_room\@:
+    ldbu \tmp, 0(\from)
+    stb \tmp, HAL_CONS_END(r1)
+    addi r1, r1, 1
+    addi \from, \from, 1
+    bne \from, \to, hal_next\@
+    addi r1, r1, CONS_SIZE
+    st r1, HAL_CONS_LEN(zero)       # after the bytes, as HAL_PUTC
+    ld r1, hal_t1(zero)
+hal_none\@:
 .endm
 .macro HAL_HALT                     # stop; exit status r1 & 0xFF (the monitor writes out the console first)
     hcall HC_HALT

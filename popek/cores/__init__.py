@@ -9,7 +9,8 @@ from collections.abc import Callable
 from popek.cores.contract import CoreRun, CoreUnavailable
 
 CORE_NAMES = ("jit", "c", "reference", "dbt")
-__all__ = ["CORE_NAMES", "ConsoleRun", "CoreRun", "CoreUnavailable", "ExitLoop", "console_run", "exit_loop", "get_core"]
+__all__ = ["CORE_NAMES", "ConsoleRun", "CoreRun", "CoreUnavailable", "ExitLoop", "console_run", "exit_loop", "get_core",
+           "pv_exit_loop"]  # fmt: skip
 
 # run_vm(vstate, rstate, host_mem, offset, memsize, budget, flags, mode, counters, console) -> VMX_* code
 ExitLoop = Callable[..., int]
@@ -54,6 +55,11 @@ def _companion(core: CoreRun, jit_module: str, name: str) -> Callable | None:
 def exit_loop(core: CoreRun) -> ExitLoop | None:
     """The compiled VM-exit loop next to ``core`` (popek/cores/vmexit.py), or None where it has none."""
     return _companion(core, "popek.cores.vmexit", "run_vm")
+
+
+def pv_exit_loop(core: CoreRun) -> Callable[..., int] | None:
+    """The compiled loop for paravirtual guests next to ``core`` (``vmexit.run_pv``), or None where it has none."""
+    return _companion(core, "popek.cores.vmexit", "run_pv")
 
 
 def console_run(core: CoreRun) -> ConsoleRun | None:

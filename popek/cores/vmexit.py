@@ -31,6 +31,7 @@ from popek.cores.c import gen_tables
 from popek.cores.contract import check_vm_slice
 from popek.isa import spec
 from popek.isa import state as S
+from popek.isa.devices import nic
 
 # Module-level ints, frozen into the compiled code as constants.
 _L = gen_tables.VM_LOOP
@@ -284,7 +285,108 @@ def _run_vm(v, r, host_mem, offset, memsize, budget, flags, mode, cnt, console):
         cnt[CNT_REFLECTED] += 1
 
 
-DEPENDENCIES = (spec, S, gen_tables, jit, emulator, threaded)  # the modules compiled in here
+# ---- paravirtual guests (popek/vmm/monitors/paravirt.py is the specification) ------------------------------
+# The monitor's words of the shared area, after the processor's (state.SH_*): byte offsets.
+SH_FEATURES, SH_CONS_LEN, SH_MC_COUNT, SH_NET_EVENTS, SH_MC = 32, 36, 40, 44, 64
+MC_MAX, MC_ENTRY = 8, 16
+SH_CONS_BUF = SH_MC + MC_MAX * MC_ENTRY  # the console buffer
+CONS_SIZE = 256
+SH_SIZE = SH_CONS_BUF + CONS_SIZE
+HC_CONSOLE_FLUSH, HC_BLOCK = 5, 6  # the hypercalls the loop performs (the rest go back to the monitor)
+NET_UPCALL = nic.EV_RX | nic.EV_URGENT | nic.EV_ERROR  # card events that interrupt the guest
+EXIT_HCALL, PV_KMODE, PV_KBASE, PV_KBOUND, PV_ENTRY = S.EXIT_HCALL, S.PV_KMODE, S.PV_KBASE, S.PV_KBOUND, S.PV_ENTRY
+PV_SHARED = S.PV_SHARED
+SH_MASK, SH_PENDING, SH_EPC, SH_EPSW, SH_EBASE = S.SH_MASK, S.SH_PENDING, S.SH_EPC, S.SH_EPSW, S.SH_EBASE
+SH_EBOUND, SH_CAUSE, SH_BADADDR = S.SH_EBOUND, S.SH_CAUSE, S.SH_BADADDR
+# Counters of run_pv (its own array, merged by the monitor): exits by cause, hypercall exits and by number,
+# bounced traps and interrupts, console bytes written; PVC_SHOWN carries the monitor's ``shown`` in and out.
+PVC_CAUSE, PVC_HCALL, PVC_HC, PVC_REFLECTED, PVC_INJECTED, PVC_CONSOLE, PVC_SHOWN, NPVC = 0, 32, 33, 49, 50, 51, 52, 53
+
+
+@_compiled
+def _pv_retire(r, host_mem):
+    """state.retire of the hypercall at pc (it ticks the timer); an expiry sets the shared pending word."""
+    r[PC] = (r[PC] + 4) & M32
+    r[CYCLE] += 1
+    r[STEPS] += 1
+    if r[TIMER]:
+        r[TIMER] -= 1
+        if r[TIMER] == 0:
+            r[PENDING] |= PEND_TIMER
+            jit._pv_put(r, host_mem, SH_PENDING, 1)
+            jit._pv_sync_ie(r, host_mem)
+
+
+@_compiled
+def _pv_bounce(r, host_mem, cause, info):
+    """Paravirt._bounce: the trap into the guest kernel's entry with its frame in the shared area, a step."""
+    kbase = r[PV_KBASE] & M32
+    epsw = (PSW_S if r[PV_KMODE] else 0) | (0 if jit._pv_get(r, host_mem, SH_MASK) else PSW_IE)
+    jit._pv_put(r, host_mem, SH_EPSW, epsw)
+    jit._pv_put(r, host_mem, SH_EPC, r[PC])
+    jit._pv_put(r, host_mem, SH_EBASE, (r[BASE] & M32) - kbase)
+    jit._pv_put(r, host_mem, SH_EBOUND, r[BOUND])
+    jit._pv_put(r, host_mem, SH_CAUSE, cause)
+    jit._pv_put(r, host_mem, SH_BADADDR, info)
+    jit._pv_put(r, host_mem, SH_MASK, 1)
+    r[PSW] = 0
+    r[BASE] = kbase
+    r[BOUND] = r[PV_KBOUND] & M32
+    r[PC] = r[PV_ENTRY] & M32
+    r[PV_KMODE] = 1
+    r[STEPS] += 1
+
+
+@_compiled
+def _run_pv(r, host_mem, budget, registered, cnt, console):
+    """Run a PV guest's real CPU for at most ``budget`` steps; return EXIT_BUDGET or the exit left to the monitor."""
+    start = r[STEPS]
+    room = np.int64(console.shape[0])
+    while True:
+        left = budget - (r[STEPS] - start)
+        if left <= 0:
+            return EXIT_BUDGET
+        code = jit.run(r, host_mem, left)
+        if code == EXIT_TRAP and registered:  # a trap the processor does not deliver: bounce it
+            cause = r[XCAUSE]
+            cnt[PVC_CAUSE + min(max(cause, np.int64(0)), 31)] += 1
+            _pv_bounce(r, host_mem, cause, r[XINFO] & M32)
+            cnt[PVC_INJECTED if cause >= TIMER_IRQ else PVC_REFLECTED] += 1
+            continue
+        if code != EXIT_HCALL or r[PV_KMODE] == 0:
+            return code
+        n = r[XCAUSE]
+        if n == HC_CONSOLE_FLUSH:  # show what the buffer holds beyond what was shown, then empty it
+            length = min(jit._pv_get(r, host_mem, SH_CONS_LEN), np.int64(CONS_SIZE))
+            shown = cnt[PVC_SHOWN]
+            if length > shown:
+                if cnt[PVC_CONSOLE] + length - shown > room:
+                    return code  # no room for it here: the monitor does it
+                at = r[PV_SHARED] + SH_CONS_BUF
+                for i in range(shown, length):
+                    console[cnt[PVC_CONSOLE]] = host_mem[at + i]
+                    cnt[PVC_CONSOLE] += 1
+            jit._pv_put(r, host_mem, SH_CONS_LEN, 0)
+            cnt[PVC_SHOWN] = 0
+            r[1] = length
+        elif n == HC_BLOCK:
+            if r[PENDING] == 0 and (jit._pv_get(r, host_mem, SH_NET_EVENTS) & NET_UPCALL) == 0:
+                timer = r[TIMER]
+                if timer == 0:
+                    return code  # waits for the card, or never ends: the monitor decides
+                r[CYCLE] += timer  # idle until the timer expires (wfi's time), then retire
+                r[TIMER] = 0
+                r[PENDING] |= PEND_TIMER
+                jit._pv_put(r, host_mem, SH_PENDING, 1)
+        else:
+            return code
+        cnt[PVC_HCALL] += 1
+        cnt[PVC_HC + n] += 1
+        jit._pv_sync_ie(r, host_mem)
+        _pv_retire(r, host_mem)
+
+
+DEPENDENCIES = (spec, S, gen_tables, jit, emulator, threaded, nic)  # the modules compiled in here
 numba_cache.drop_stale_cache(_COMPILED, DEPENDENCIES, "vmexit")
 
 
@@ -305,3 +407,13 @@ def run_vm(
     if vstate[FLAGS] & (S.F_REWRITE | S.F_PV):  # the virtual CPU is a plain machine; the emulator needs one
         raise ValueError("the virtual CPU has processor support switched on")
     return int(_run_vm(vstate, rstate, host_mem, offset, memsize, budget, flags, mode, counters, console))
+
+
+def run_pv(rstate: np.ndarray, host_mem: np.ndarray, budget: int, registered: bool, counters: np.ndarray,
+           console: np.ndarray) -> int:  # fmt: skip
+    """Advance a PV guest (its state in ``rstate``) by at most ``budget`` steps; the exit code left, or EXIT_BUDGET."""
+    if counters.shape[0] != NPVC or counters.dtype != np.int64:
+        raise ValueError(f"counters must be {NPVC} int64")
+    if not jit._pv_active(rstate, np.int64(host_mem.shape[0])) or rstate[S.PV_SHARED] + SH_SIZE > host_mem.shape[0]:
+        raise ValueError("the shared area does not fit in memory")
+    return int(_run_pv(rstate, host_mem, budget, registered, counters, console))

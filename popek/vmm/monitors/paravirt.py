@@ -28,7 +28,7 @@ from weakref import WeakKeyDictionary
 
 import numpy as np
 
-from popek.cores import CoreRun
+from popek.cores import CoreRun, pv_exit_loop, vmexit
 from popek.isa import state as S
 from popek.isa.devices import nic as N
 from popek.isa.spec import BY_MNEMONIC, DEVICE_IRQ, ILLEGAL, PSW_IE, PSW_S, SYSCALL, TIMER_IRQ, cause_name, encode
@@ -38,24 +38,27 @@ from popek.vmm.vm import VM
 M32 = S.MASK32
 PV_MAGIC = 0xF0505632  # word 1 of a PV image (opcode 0xF0 is no instruction, so no program starts so by chance)
 
-# The shared area: the processor's words (popek/isa/state.py SH_*), then the monitor's (byte offsets).
-SH_FEATURES = 32  # written by the monitor at start: bit n = hypercall n is performed without an exit
-SH_CONS_LEN = 36  # bytes the guest has put in the console buffer; the monitor drains them and writes 0
-SH_MC_COUNT = 40  # entries queued for HC_MULTICALL; the monitor writes 0 after performing them
-SH_NET_EVENTS = 44  # network card events (nic.EV_*) the monitor posted; the guest clears the word to take them
-SH_MC = 64  # MC_MAX entries of MC_ENTRY bytes: number, argument 1, argument 2, result
-MC_MAX, MC_ENTRY = 8, 16
+# The shared area: the processor's words (popek/isa/state.py SH_*), then the monitor's (byte offsets, defined
+# with the compiled loop that reads them too, popek/cores/vmexit.py):
+# SH_FEATURES   written by the monitor at start: bit n = hypercall n is performed without an exit
+# SH_CONS_LEN   bytes the guest has put in the console buffer; the monitor drains them and writes 0
+# SH_MC_COUNT   entries queued for HC_MULTICALL; the monitor writes 0 after performing them
+# SH_NET_EVENTS network card events (nic.EV_*) the monitor posted; the guest clears the word to take them
+# SH_MC         MC_MAX entries of MC_ENTRY bytes: number, argument 1, argument 2, result
+# SH_CONS_BUF   the console buffer, CONS_SIZE bytes
+SH_FEATURES, SH_CONS_LEN, SH_MC_COUNT, SH_NET_EVENTS, SH_MC = (
+    vmexit.SH_FEATURES, vmexit.SH_CONS_LEN, vmexit.SH_MC_COUNT, vmexit.SH_NET_EVENTS, vmexit.SH_MC,
+)  # fmt: skip
+MC_MAX, MC_ENTRY = vmexit.MC_MAX, vmexit.MC_ENTRY
 MC_OP, MC_ARG1, MC_ARG2, MC_RESULT = 0, 4, 8, 12
-SH_CONS_BUF = SH_MC + MC_MAX * MC_ENTRY  # the console buffer
-CONS_SIZE = 256
-SH_SIZE = SH_CONS_BUF + CONS_SIZE
+SH_CONS_BUF, CONS_SIZE, SH_SIZE = vmexit.SH_CONS_BUF, vmexit.CONS_SIZE, vmexit.SH_SIZE
 
 # Hypercall numbers (docs/paravirt.md). The first three can be performed by the processor.
 HC_IRET, HC_SET_TIMER, HC_IRQ = S.HC_IRET, S.HC_SET_TIMER, S.HC_IRQ
 HC_SET_TRAP_ENTRY = 3
 HC_CONSOLE_WRITE = 4
-HC_CONSOLE_FLUSH = 5
-HC_BLOCK = 6
+HC_CONSOLE_FLUSH = vmexit.HC_CONSOLE_FLUSH
+HC_BLOCK = vmexit.HC_BLOCK
 HC_HALT = 7
 HC_CYCLE = 8
 HC_MULTICALL = 9
@@ -74,7 +77,7 @@ HCALL_WORD = encode(BY_MNEMONIC["hcall"])  # hcall 0; badaddr of an hcall made f
 _MASK, _PENDING, _EPC, _EPSW, _EBASE, _EBOUND, _CAUSE, _BADADDR = range(8)  # word indexes of the SH_* words
 _FEATURES, _CONS_LEN, _MC_COUNT, _NET_EVENTS = SH_FEATURES // 4, SH_CONS_LEN // 4, SH_MC_COUNT // 4, SH_NET_EVENTS // 4
 NET_BLOCK = 16  # bytes of the block HC_NET_SETUP reads: the receive, transmit and urgent rings, descriptors per ring
-NET_UPCALL = N.EV_RX | N.EV_URGENT | N.EV_ERROR  # events that interrupt the guest (completions it reads from the ring)
+NET_UPCALL = vmexit.NET_UPCALL  # events that interrupt the guest (completions it reads from the ring)
 _HOST_ADDRESSES = (S.BASE, S.PV_SHARED, S.PV_KBASE)  # real-CPU slots that hold host addresses in the VM's slice
 _HC_KEYS = {n: f"hcall {name}" for n, name in HC_NAMES.items()}  # statistics: hypercall exits by number
 _COUNTERS = [("traps delivered by the core", S.PV_NTRAPS), ("interrupts delivered by the core", S.PV_NIRQS)] + [
@@ -103,6 +106,7 @@ class PVGuest:
     tick: bool = True  # False when the hypercall wrote the timer (it does not tick the timer it writes)
     seen: list[int] = field(default_factory=lambda: [0] * len(_COUNTERS))  # processor counters already counted
     line: int = 0  # the network card's interrupt line as the card last set it (its events not yet posted)
+    counters: np.ndarray = field(default_factory=lambda: np.zeros(vmexit.NPVC, dtype=np.int64))  # run_pv's
 
 
 class Paravirt(TrapAndEmulate):
@@ -197,6 +201,10 @@ class Paravirt(TrapAndEmulate):
         self._sync_ie(vm, g)
         return g
 
+    def pv_loop(self) -> Callable[..., int] | None:
+        """The compiled loop that performs the common PV exits (``vmexit.run_pv``), or None to do them in Python."""
+        return pv_exit_loop(self.core) if self.compiled_exits else None
+
     def _run_pv(self, vm: VM, g: PVGuest, budget: int) -> int:
         r, core, mem, stats = vm.rstate, self.core, vm.host_mem, vm.stats
         item = r.item
@@ -205,8 +213,14 @@ class Paravirt(TrapAndEmulate):
         left = budget
         if g.line or g.sw.item(_NET_EVENTS):
             self._net_events(vm, g)  # what the card did since the last slice (the host gave it messages)
+        loop = self.pv_loop()
         while left > 0 and not vm.stopped:
-            code = core(r, mem, left)
+            if loop is not None and not g.line:  # the card's line changes only in Python: none while it runs
+                g.counters[vmexit.PVC_SHOWN] = g.shown
+                code = loop(r, mem, left, g.registered, g.counters, vm.console_out)
+                self._take_counters(vm, g)
+            else:
+                code = core(r, mem, left)
             if code == S.EXIT_BUDGET:
                 break
             t0 = perf_counter()
@@ -225,6 +239,33 @@ class Paravirt(TrapAndEmulate):
             left = end - item(S.STEPS)
         self._sync(vm, g)
         return item(S.STEPS) - start
+
+    @staticmethod
+    def _take_counters(vm: VM, g: PVGuest) -> None:
+        """Merge what the compiled loop did into the statistics and the console; take back ``shown``."""
+        c = g.counters
+        g.shown = c.item(vmexit.PVC_SHOWN)
+        c[vmexit.PVC_SHOWN] = 0
+        slots = np.flatnonzero(c)
+        if not len(slots):
+            return
+        counts = c[slots].tolist()
+        c[:] = 0
+        stats = vm.stats
+        for slot, n in zip(slots.tolist(), counts, strict=True):
+            if slot < vmexit.PVC_HCALL:
+                stats.exits[cause_name(slot - vmexit.PVC_CAUSE)] += n
+            elif slot == vmexit.PVC_HCALL:
+                stats.exits["hcall"] += n
+            elif slot < vmexit.PVC_REFLECTED:
+                k = slot - vmexit.PVC_HC
+                stats.extra[_HC_KEYS.get(k) or f"hcall {k}"] += n
+            elif slot == vmexit.PVC_REFLECTED:
+                stats.reflected += n
+            elif slot == vmexit.PVC_INJECTED:
+                stats.injected += n
+            elif slot == vmexit.PVC_CONSOLE:  # before the exit the loop stopped for, as they came
+                vm.console.output += vm.console_out[:n].tobytes()
 
     def _other_exit(self, vm: VM, g: PVGuest, code: int) -> None:
         """What a profile lets a PV guest's user mode execute: halt, in/out (host devices), wfi."""
