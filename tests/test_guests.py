@@ -177,7 +177,7 @@ def test_kernel_uses_sensitive_instructions_only_through_the_hal() -> None:
 # --- equivalence under every monitor ----------------------------------------------------------------------
 COMPARED_SLOTS = list(range(S.R0, S.CYCLE + 1)) + [S.PENDING, S.STEPS, S.STATUS]
 MONITOR_RUNS = [("full", "reference"), ("trap", "reference"), ("hybrid", "reference"), ("trap", "jit"),
-                ("hybrid", "jit")]  # fmt: skip
+                ("hybrid", "jit"), ("trap", "dbt"), ("hybrid", "dbt")]  # fmt: skip
 
 
 @pytest.mark.parametrize("guest", [TRAPDEMO, TIMER, KERNEL], ids=lambda p: p.stem)
