@@ -11,11 +11,13 @@ It runs the machine in two alternating ways:
 
 A *block* is straight-line ALU code, loads and stores, ending at a branch or jump (or before an instruction
 it does not translate, or at ``MAX_BLOCK`` instructions).  A *region* is the blocks reachable from a hot
-entry through direct branches and jumps (at most ``MAX_REGION`` instructions), compiled as one function: a
-branch between two of its blocks is a jump in machine code, the guest's registers stay in machine registers
-across them, and a loop of guest code becomes a loop of machine code.  ``jalr`` jumps inside the region when
-its target is one of the region's blocks.  A region is translated when its entry (pc, base) was reached
-``HOT`` times, so a short run interprets and pays nothing for translation.
+entry through direct branches and jumps and that have already run (at most ``MAX_REGION`` instructions),
+compiled as one function: a branch between two of its blocks is a jump in machine code, the guest's registers
+stay in machine registers across them, and a loop of guest code becomes a loop of machine code.  ``jalr``
+jumps inside the region when its target is one of the region's blocks, and the dispatcher may enter a region
+at any of its blocks (a budget that ends inside a loop resumes in translated code).  A region is translated
+once ``HOT`` steps were interpreted from its entry (pc, base), so a short run interprets and pays nothing for
+translation.
 
 Exactness:
 
@@ -56,7 +58,8 @@ from popek.isa import state as S
 
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 M32 = 0xFFFFFFFF
-HOT = 16  # times a (pc, base) is reached before a region is translated from it
+HOT = 20_000  # steps interpreted from a (pc, base) before a region is translated from it (a translation costs
+# tens of milliseconds: what the interpreter does in that time)
 MAX_BLOCK = 64  # instructions in one block at most
 MAX_REGION = 512  # instructions in one region at most
 TABLE_BITS = 14
@@ -594,18 +597,17 @@ def _after_dispatch(t: _Translator, state: np.ndarray, mem: np.ndarray) -> int:
             return 0
         else:
             return len(region.blocks[pc])  # it may not run now (budget, timer, interrupt, a trap, the window)
-    t.heat[key] = heat = t.heat.get(key, 0) + 1
+    lim = min(int(state[S.BOUND]) & M32, len(mem) - base)
     length = t.lengths.get(key)
-    if heat >= HOT or length is None:
-        lim = min(int(state[S.BOUND]) & M32, len(mem) - base)
-        blocks = find_region(mem, base, lim, pc, lambda at: (at | base << 32) in t.heat) if heat >= HOT else {}
-        words = blocks.get(pc) or scan_block(mem, base + pc, (lim - pc) // 4)
-        t.lengths[key] = length = max(len(words), 1)
-        if heat >= HOT:
-            if blocks:
-                t.translate(key, blocks)
-                return 0
-            t.heat[key] = 0  # starts with an instruction left to the interpreter: look again later
+    if length is None:
+        t.lengths[key] = length = max(len(scan_block(mem, base + pc, (lim - pc) // 4)), 1)
+    t.heat[key] = heat = t.heat.get(key, 0) + length
+    if heat >= HOT:
+        blocks = find_region(mem, base, lim, pc, lambda at: (at | base << 32) in t.heat)
+        if blocks:
+            t.translate(key, blocks)
+            return 0
+        t.heat[key] = 0  # starts with an instruction left to the interpreter: look again later
     return length
 
 
