@@ -42,6 +42,7 @@ runs on); ``run`` holds a lock, so one thread translates or runs at a time.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import threading
 import time
@@ -66,8 +67,11 @@ TABLE_BITS = 14
 TABLE_MASK = (1 << TABLE_BITS) - 1
 NO_KEY = -1  # an empty slot: no (pc, base) key is negative (pc and base are 32-bit)
 GRANULE_BITS = 8  # the code map marks memory in granules of 256 bytes,
-MAP_BITS = 20  # with 2**20 entries: addresses beyond 256 MiB share entries, which only costs a spare check
-ENV_EPOCH, ENV_MAP = 0, 1  # the dispatcher's environment: the epoch, the code map's address
+MAP_BITS = 33 - GRANULE_BITS  # one entry per granule of the 2**33 bytes that base + address can reach
+# The translator's environment: the epoch, the code map's address, and the range of physical addresses holding
+# translated code ([lo - 3, lo - 3 + span): a store that ends past lo may overlap it).
+ENV_EPOCH, ENV_MAP, ENV_LO, ENV_SPAN = 0, 1, 2, 3
+FUEL_CHECK_SPAN = 64  # at most this many instructions between two checks of a region's fuel
 
 # The ALU operations, as the JIT core's fast loop emits them: R-format by mnemonic, I-format as (operation, mask).
 _ALU_R, _ALU_I = threaded.ALU, threaded.ALU_IMM
@@ -150,19 +154,22 @@ def scan_block(mem: np.ndarray, phys: int, limit: int) -> list[int]:
     return words
 
 
-def _successors(pc: int, words: list[int]) -> list[int]:
-    """The pcs a block may go on to that are known before it runs (not a ``jalr``'s target)."""
-    end = pc + 4 * len(words)
+def _jumps(pc: int, words: list[int]) -> list[int]:
+    """The pcs a block's translation jumps to directly (a ``jalr`` goes through the region's entry switch)."""
     d = spec.decode(words[-1])
     assert d is not None
-    m, last = d.insn.mnemonic, end - 4
+    m, last, end = d.insn.mnemonic, pc + 4 * (len(words) - 1), pc + 4 * len(words)
     if m in _BRANCH:
         return [(last + 4 * spec.sext(words[-1] & 0xFFFF, 16)) & M32, end]
     if m == "jal":
-        return [(last + 4 * spec.sext(words[-1] & 0xFFFFF, 20)) & M32, end]  # the call's return lands at end
-    if m == "jalr":
-        return [end]  # a return to the instruction after a call
-    return [end]
+        return [(last + 4 * spec.sext(words[-1] & 0xFFFFF, 20)) & M32]
+    return [] if m == "jalr" else [end]
+
+
+def _successors(pc: int, words: list[int]) -> list[int]:
+    """The pcs a block may go on to that are known before it runs: its jumps, and the return site of a call."""
+    end = pc + 4 * len(words)
+    return [*_jumps(pc, words), *([end] if end not in _jumps(pc, words) else [])]
 
 
 def find_region(
@@ -188,6 +195,13 @@ def find_region(
         if total >= MAX_REGION:
             break
         todo += _successors(pc, words)
+    # A block that runs into another block's start ends there and falls through to it: one copy of the
+    # code, and a short forward branch over one block becomes a diamond that LLVM may turn into a select.
+    starts = sorted(blocks)
+    for pc, words in blocks.items():
+        after = starts[bisect.bisect_right(starts, pc) :]
+        if after and after[0] < pc + 4 * len(words):
+            blocks[pc] = words[: (after[0] - pc) // 4]
     return blocks
 
 
@@ -203,35 +217,89 @@ def _written(blocks: dict[int, list[int]]) -> set[int]:
     return regs
 
 
+def fuel_plan(blocks: dict[int, list[int]]) -> tuple[set[int], dict[int, int]]:
+    """Where a region checks its fuel, and how much: (checkpoints, most steps from a block to the next check).
+
+    Every loop passes a checkpoint (the targets of a depth-first search's back edges), and no path runs more
+    than ``FUEL_CHECK_SPAN`` instructions (or one block) unchecked, so a check at a block's start that the fuel
+    covers its distance makes every path to the next check or exit fit, without a check in every block.
+    """
+    succ = {pc: [s for s in _jumps(pc, w) if s in blocks] for pc, w in blocks.items()}
+    heads: set[int] = set()
+    seen: dict[int, bool] = {}  # pc -> True while on the search's stack
+    for root in blocks:
+        if root in seen:
+            continue
+        seen[root] = True
+        stack = [(root, iter(succ[root]))]
+        while stack:
+            node, todo = stack[-1]
+            for nxt in todo:
+                if seen.get(nxt):
+                    heads.add(nxt)
+                elif nxt not in seen:
+                    seen[nxt] = True
+                    stack.append((nxt, iter(succ[nxt])))
+                    break
+            else:
+                seen[node] = False
+                stack.pop()
+    dist: dict[int, int] = {}
+
+    def distance(pc: int) -> int:
+        if pc not in dist:
+            n = len(blocks[pc])
+            tail = max((distance(s) for s in succ[pc] if s not in heads), default=0)
+            if n + tail > FUEL_CHECK_SPAN:
+                heads.update(succ[pc])  # a later check (distances found before only grow safer)
+                tail = 0
+            dist[pc] = n + tail
+        return dist[pc]
+
+    for pc in blocks:
+        distance(pc)
+    return heads, dist
+
+
 # --- region translation ----------------------------------------------------------------------------------
 
 
 class _Region:
-    """Emits one region's function: ``i64 f(i64* state, i8* mem, i64 base, i64 lim, i64 r, i64 stop, i64* env)``.
+    """Emits one region's function: ``i64 f(i64* state, i8* mem, i64 lim, i64 fuel)`` -> instructions retired.
 
-    It runs blocks while each fits before ``stop`` (``r`` counts the instructions retired) and returns the
-    new ``r``, with pc and the registers written back to ``state``; ``r`` unchanged means it ran nothing
-    (its words changed, a word lies outside the window, or its first block does not fit).
+    It runs blocks while each fits in ``fuel`` (the steps it may retire) and returns how many it retired,
+    with pc and the registers written back to ``state``; 0 means it ran nothing (its words changed, a word
+    lies outside the window, or its first block does not fit).  The relocation base is the one of the
+    region's key, a constant here; the environment (epoch, code map) is the translator's, at fixed addresses.
     """
 
-    def __init__(self, module: ir.Module, name: str, blocks: dict[int, list[int]]) -> None:
-        p64 = I64.as_pointer()
-        fnty = ir.FunctionType(I64, [p64, I8.as_pointer(), I64, I64, I64, I64, p64])
+    def __init__(self, module: ir.Module, name: str, base: int, blocks: dict[int, list[int]], env: np.ndarray) -> None:
+        fnty = ir.FunctionType(I64, [I64.as_pointer(), I8.as_pointer(), I64, I64])
         self.fn = ir.Function(module, fnty, name=name)
-        self.state, self.mem, self.base, self.lim, r0, self.stop, self.env = self.fn.args
-        for arg in (self.state, self.mem, self.env):
-            arg.add_attribute("noalias")  # distinct arrays: a guest store leaves registers and map in place
+        self.state, self.mem, self.lim, fuel = self.fn.args
+        for arg in (self.state, self.mem):
+            arg.add_attribute("noalias")  # distinct arrays: a guest store leaves the registers in place
+        self.base = _c64(base)
+        self.env = ir.Constant(I64, env.ctypes.data).inttoptr(I64.as_pointer())
+        self.code_map = ir.Constant(I64, int(env[ENV_MAP])).inttoptr(I8.as_pointer())
         self.blocks = blocks
         self.epoch = ir.GlobalVariable(module, I64, name=f"{name}_epoch")
         self.epoch.initializer = _c64(-1)
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         b = self.b
         self.regs = [b.alloca(I32, name=f"r{i}") for i in range(16)]
-        self.v_r, self.v_pc = b.alloca(I64, name="r"), b.alloca(I32, name="pc")
-        b.store(r0, self.v_r)
-        self.r0 = r0
+        self.v_fuel, self.v_pc = b.alloca(I64, name="fuel"), b.alloca(I32, name="pc")
+        b.store(fuel, self.v_fuel)
+        self.fuel = fuel
         self.written = sorted(_written(blocks))
         self.labels = {pc: self.fn.append_basic_block(f"b_{pc:x}") for pc in blocks}
+        self.heads, self.dist = fuel_plan(blocks)
+        # Where the region may be entered from outside (the dispatcher, a jalr), its fuel checked there first:
+        # its first block, the loop heads, and the return sites of its calls.  No other block, so that a block
+        # entered from two places inside stays a join that LLVM can turn into selects.
+        calls = [pc + 4 * len(w) for pc, w in blocks.items() if spec.decode(w[-1]).insn.mnemonic == "jal"]
+        starts = [next(iter(blocks)), *sorted(self.heads), *calls]
+        self.entries = {pc: self.fn.append_basic_block(f"enter_{pc:x}") for pc in dict.fromkeys(starts) if pc in blocks}
         self.exit = self.fn.append_basic_block("exit")
         self.lo = min(blocks)
         self.hi = max(pc + 4 * len(w) for pc, w in blocks.items())
@@ -246,7 +314,7 @@ class _Region:
     def leave(self, k: int, pc: ir.Value) -> None:
         """Leave the region with ``k`` more instructions of the current block retired and ``pc`` next."""
         b = self.b
-        b.store(b.add(b.load(self.v_r), _c64(k)), self.v_r)
+        b.store(b.sub(b.load(self.v_fuel), _c64(k)), self.v_fuel)
         b.store(pc, self.v_pc)
         b.branch(self.exit)
 
@@ -260,16 +328,21 @@ class _Region:
         if isinstance(pc, int):
             pc &= M32
             if pc in self.labels:
-                b.store(b.add(b.load(self.v_r), _c64(k)), self.v_r)
+                b.store(b.sub(b.load(self.v_fuel), _c64(k)), self.v_fuel)
                 b.branch(self.labels[pc])
             else:
                 self.leave(k, _c32(pc))
             return
-        b.store(b.add(b.load(self.v_r), _c64(k)), self.v_r)
+        b.store(b.sub(b.load(self.v_fuel), _c64(k)), self.v_fuel)
         b.store(pc, self.v_pc)
         sw = b.switch(pc, self.exit)
-        for target, label in self.labels.items():
+        for target, label in self.entries.items():
             sw.add_case(_c32(target), label)
+
+    def check_fuel(self, pc: int) -> None:
+        """Leave before the block at ``pc`` unless the fuel covers every path from it to the next check."""
+        b = self.b
+        self.leave_if(b.icmp_signed("<", b.load(self.v_fuel), _c64(self.dist[pc])), 0, pc)
 
     def word_ptr(self, offset: ir.Value) -> ir.Value:
         return self.b.bitcast(self.b.gep(self.mem, [offset]), I32.as_pointer())
@@ -306,13 +379,18 @@ class _Region:
         b.store(epoch, self.epoch)
         b.branch(start)
         b.position_at_end(stale)
-        b.ret(self.r0)
+        b.ret(_c64(0))
         b.position_at_end(start)
         for i in range(1, 16):
             b.store(b.trunc(b.load(b.gep(self.state, [_c64(i)])), I32), self.regs[i])
         sw = b.switch(b.trunc(b.load(b.gep(self.state, [_c64(S.PC)])), I32), stale)  # any block is an entry
-        for pc, label in self.labels.items():
+        for pc, label in self.entries.items():
             sw.add_case(_c32(pc), label)
+        for pc, label in self.entries.items():
+            b.position_at_end(label)
+            if pc not in self.heads:
+                self.check_fuel(pc)
+            b.branch(self.labels[pc])
         for pc, words in self.blocks.items():
             b.position_at_end(self.labels[pc])
             self.emit_block(pc, words)
@@ -320,12 +398,12 @@ class _Region:
         for i in self.written:
             b.store(b.zext(b.load(self.regs[i]), I64), b.gep(self.state, [_c64(i)]))
         b.store(b.zext(b.load(self.v_pc), I64), b.gep(self.state, [_c64(S.PC)]))
-        b.ret(b.load(self.v_r))
+        b.ret(b.sub(self.fuel, b.load(self.v_fuel)))
 
     def emit_block(self, pc0: int, words: list[int]) -> None:
         b, n = self.b, len(words)
-        fits = b.icmp_signed("<=", b.add(b.load(self.v_r), _c64(n)), self.stop)
-        self.leave_if(b.not_(fits), 0, pc0)
+        if pc0 in self.heads:
+            self.check_fuel(pc0)
         for i, w in enumerate(words):
             pc = pc0 + 4 * i
             d = spec.decode(w)
@@ -394,14 +472,15 @@ class _Region:
             b.store(b.trunc(value, I8), b.gep(self.mem, [off]))
         # Into a granule holding translated code: a new epoch, so every region checks its words again
         # before it next runs; into this region's own span: leave right after the store.
-        cmap = b.inttoptr(b.load(b.gep(self.env, [_c64(ENV_MAP)])), I8.as_pointer())
-        g = b.and_(b.lshr(off, _c64(GRANULE_BITS)), _c64((1 << MAP_BITS) - 1))
-        with b.if_then(b.icmp_unsigned("!=", b.load(b.gep(cmap, [g])), ir.Constant(I8, 0)), likely=False):
-            ep = b.gep(self.env, [_c64(ENV_EPOCH)])
-            b.store(b.add(b.load(ep), _c64(1)), ep)
-            lo, hi = b.add(self.base, _c64(self.lo)), b.add(self.base, _c64(self.hi))
-            hits = b.and_(b.icmp_signed(">", b.add(off, _c64(size)), lo), b.icmp_signed("<", off, hi))
-            self.leave_if(hits, i + 1, pc + 4)
+        lo, span = (b.load(b.gep(self.env, [_c64(slot)])) for slot in (ENV_LO, ENV_SPAN))
+        with b.if_then(b.icmp_unsigned("<", b.sub(off, lo), span), likely=False):
+            g = b.lshr(off, _c64(GRANULE_BITS))
+            with b.if_then(b.icmp_unsigned("!=", b.load(b.gep(self.code_map, [g])), ir.Constant(I8, 0))):
+                ep = b.gep(self.env, [_c64(ENV_EPOCH)])
+                b.store(b.add(b.load(ep), _c64(1)), ep)
+                lo, hi = b.add(self.base, _c64(self.lo)), b.add(self.base, _c64(self.hi))
+                hits = b.and_(b.icmp_signed(">", b.add(off, _c64(size)), lo), b.icmp_signed("<", off, hi))
+                self.leave_if(hits, i + 1, pc + 4)
 
 
 # --- the dispatcher ----------------------------------------------------------------------------------
@@ -413,7 +492,7 @@ def _emit_dispatcher(module: ir.Module) -> None:
     fnty = ir.FunctionType(I64, [p64, I8.as_pointer(), I64, p64, p64, p64, I64, p64])
     fn = ir.Function(module, fnty, name="p32_dispatch")
     state, mem, memsize, keys, fns, counters, budget, env = fn.args
-    regionty = ir.FunctionType(I64, [p64, I8.as_pointer(), I64, I64, I64, I64, p64]).as_pointer()
+    regionty = ir.FunctionType(I64, [p64, I8.as_pointer(), I64, I64]).as_pointer()
     b = ir.IRBuilder(fn.append_basic_block("entry"))
 
     def slot(i: int) -> ir.Value:
@@ -454,8 +533,8 @@ def _emit_dispatcher(module: ir.Module) -> None:
     by_timer = b.add(r, timer)
     stop = b.select(b.and_(ticking, b.icmp_signed("<", by_timer, budget)), by_timer, budget)
     f = b.inttoptr(b.load(b.gep(fns, [idx])), regionty)
-    r2 = b.call(f, [state, mem, base, lim, r, stop, env])
-    k = b.sub(r2, r)
+    k = b.call(f, [state, mem, lim, b.sub(stop, r)])
+    r2 = b.add(r, k)
     go_out_if(b.icmp_signed("<=", k, _c64(0)))  # it ran nothing: the interpreter goes on from pc
     b.store(r2, v_r)
     b.store(b.add(b.load(v_runs), _c64(1)), v_runs)
@@ -511,7 +590,7 @@ class _Translator:
         self.fns = np.zeros(1 << TABLE_BITS, dtype=np.int64)
         self.counters = np.zeros(2, dtype=np.int64)
         self.code_map = np.zeros(1 << MAP_BITS, dtype=np.uint8)
-        self.env = np.array([0, self.code_map.ctypes.data], dtype=np.int64)
+        self.env = np.array([0, self.code_map.ctypes.data, 0, 0], dtype=np.int64)
         self.regions: dict[int, _Translation] = {}  # key -> the region entered there (at any of its blocks)
         self.heat: dict[int, int] = {}  # key -> times reached untranslated
         self.lengths: dict[int, int] = {}  # key -> length of the block there, last scanned (how far to interpret)
@@ -533,13 +612,18 @@ class _Translator:
         self.serial += 1
         name = f"p32_region_{self.serial}"
         module = ir.Module(name=name)
-        _Region(module, name, blocks).emit()
+        emitter = _Region(module, name, key >> 32, blocks, self.env)
+        emitter.emit()
         self._add(module)
         region = _Translation(self.engine.get_function_address(name), blocks)
         base = key >> 32
         for pc, words in blocks.items():
             first, last = (base + pc) >> GRANULE_BITS, (base + pc + 4 * len(words) - 1) >> GRANULE_BITS
-            self.code_map[np.arange(first, last + 1) & ((1 << MAP_BITS) - 1)] = 1
+            self.code_map[first : last + 1] = 1
+            lo = min(base + pc, int(self.env[ENV_LO]) + 3 if self.env[ENV_SPAN] else base + pc)
+            hi = max(base + pc + 4 * len(words), int(self.env[ENV_LO] + self.env[ENV_SPAN]))
+            self.env[ENV_LO], self.env[ENV_SPAN] = lo - 3, hi - (lo - 3)
+        for pc in emitter.entries:
             self.regions[pc | base << 32] = region
             self.insert(pc | base << 32)
         _STATS.translations += 1
