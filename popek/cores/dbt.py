@@ -61,8 +61,11 @@ I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 M32 = 0xFFFFFFFF
 HOT = 20_000  # steps interpreted from a (pc, base) before a region is translated from it (a translation costs
 # tens of milliseconds: what the interpreter does in that time)
+HOT_VISITS = 500  # or interpreted this many times (each time costs a round trip through Python: glue code
+# between hot loops that runs once per pass gets translated too)
 MAX_BLOCK = 64  # instructions in one block at most
 MAX_REGION = 512  # instructions in one region at most
+ASIDE = 4  # dropped translations kept per entry, for code that comes back
 TABLE_BITS = 14
 TABLE_MASK = (1 << TABLE_BITS) - 1
 NO_KEY = -1  # an empty slot: no (pc, base) key is negative (pc and base are 32-bit)
@@ -108,6 +111,7 @@ class Stats:
     translate_seconds: float = 0.0  # time spent compiling them (IR, optimisation, machine code)
     reinserts: int = 0  # translations found again after another region took their cache slot
     invalidations: int = 0  # translations dropped because memory under them changed
+    reinstated: int = 0  # dropped translations installed again when memory held their code again
     block_runs: int = 0  # regions entered by the dispatcher (translation cache hits)
     block_insns: int = 0  # instructions retired in translated code
     interpreted_insns: int = 0  # steps the interpreter ran for this core
@@ -566,6 +570,7 @@ _DISPATCH_TYPE = ctypes.CFUNCTYPE(
 class _Translation:
     address: int  # of the compiled function
     blocks: dict[int, list[int]]  # pc -> words it was translated from, the entry first
+    entries: list[int]  # the pcs the dispatcher may enter it at
 
     def matches(self, mem: np.ndarray, base: int) -> bool:
         """Memory still holds the words the region was translated from."""
@@ -591,8 +596,10 @@ class _Translator:
         self.counters = np.zeros(2, dtype=np.int64)
         self.code_map = np.zeros(1 << MAP_BITS, dtype=np.uint8)
         self.env = np.array([0, self.code_map.ctypes.data, 0, 0], dtype=np.int64)
+        self.aside: dict[int, list[_Translation]] = {}  # key -> translations dropped there, newest first
         self.regions: dict[int, _Translation] = {}  # key -> the region entered there (at any of its blocks)
-        self.heat: dict[int, int] = {}  # key -> times reached untranslated
+        self.heat: dict[int, int] = {}  # key -> steps interpreted from there
+        self.visits: dict[int, int] = {}  # key -> times the interpreter was called there
         self.lengths: dict[int, int] = {}  # key -> length of the block there, last scanned (how far to interpret)
         self.serial = 0
         _STATS.setup_seconds += time.perf_counter() - t0
@@ -615,7 +622,7 @@ class _Translator:
         emitter = _Region(module, name, key >> 32, blocks, self.env)
         emitter.emit()
         self._add(module)
-        region = _Translation(self.engine.get_function_address(name), blocks)
+        region = _Translation(self.engine.get_function_address(name), blocks, list(emitter.entries))
         base = key >> 32
         for pc, words in blocks.items():
             first, last = (base + pc) >> GRANULE_BITS, (base + pc + 4 * len(words) - 1) >> GRANULE_BITS
@@ -623,9 +630,7 @@ class _Translator:
             lo = min(base + pc, int(self.env[ENV_LO]) + 3 if self.env[ENV_SPAN] else base + pc)
             hi = max(base + pc + 4 * len(words), int(self.env[ENV_LO] + self.env[ENV_SPAN]))
             self.env[ENV_LO], self.env[ENV_SPAN] = lo - 3, hi - (lo - 3)
-        for pc in emitter.entries:
-            self.regions[pc | base << 32] = region
-            self.insert(pc | base << 32)
+        self.install(region, base)
         _STATS.translations += 1
         _STATS.translated_insns += sum(map(len, blocks.values()))
         _STATS.translate_seconds += time.perf_counter() - t0
@@ -636,18 +641,33 @@ class _Translator:
         self.keys[i], self.fns[i] = NO_KEY, self.regions[key].address
         self.keys[i] = key
 
+    def install(self, region: _Translation, base: int) -> None:
+        """Make ``region`` the translation entered at each of its entries."""
+        for pc in region.entries:
+            self.regions[pc | base << 32] = region
+            self.insert(pc | base << 32)
+
     def invalidate(self, key: int) -> None:
-        """Drop the region that ``key`` enters (its code changed) at all its entries; translated again once hot."""
+        """Take the region that ``key`` enters (its code changed) out of the cache, at all its entries.
+
+        It is kept aside (a few per key): when the same code comes back, a program loaded again, it is
+        installed again instead of translated again.
+        """
         region, base = self.regions[key], key >> 32
-        for pc in region.blocks:
+        for pc in region.entries:
             other = pc | base << 32
             if self.regions.get(other) is region:
                 del self.regions[other]
                 i = _index(other)
                 if self.keys[i] == other:
                     self.keys[i] = NO_KEY
-                self.heat[other] = 0
+                self.heat[other] = self.visits[other] = 0
+            self.aside[other] = [region, *self.aside.get(other, [])][:ASIDE]
         _STATS.invalidations += 1
+
+    def find_aside(self, key: int, mem: np.ndarray) -> _Translation | None:
+        """A translation kept aside at ``key`` whose words memory holds again."""
+        return next((r for r in self.aside.get(key, []) if r.matches(mem, key >> 32)), None)
 
 
 def _index(key: int) -> int:
@@ -675,23 +695,29 @@ def _after_dispatch(t: _Translator, state: np.ndarray, mem: np.ndarray) -> int:
     if region is not None:
         if not region.matches(mem, base):
             t.invalidate(key)
+            region = None
         elif t.keys[_index(key)] != key:
             t.insert(key)
             _STATS.reinserts += 1
             return 0
         else:
             return len(region.blocks[pc])  # it may not run now (budget, timer, interrupt, a trap, the window)
+    if region is None and (again := t.find_aside(key, mem)) is not None:
+        t.install(again, base)
+        _STATS.reinstated += 1
+        return 0
     lim = min(int(state[S.BOUND]) & M32, len(mem) - base)
     length = t.lengths.get(key)
     if length is None:
         t.lengths[key] = length = max(len(scan_block(mem, base + pc, (lim - pc) // 4)), 1)
     t.heat[key] = heat = t.heat.get(key, 0) + length
-    if heat >= HOT:
+    t.visits[key] = visits = t.visits.get(key, 0) + 1
+    if heat >= HOT or visits >= HOT_VISITS:
         blocks = find_region(mem, base, lim, pc, lambda at: (at | base << 32) in t.heat)
         if blocks:
             t.translate(key, blocks)
             return 0
-        t.heat[key] = 0  # starts with an instruction left to the interpreter: look again later
+        t.heat[key] = t.visits[key] = 0  # starts with an instruction left to the interpreter: look again later
     return length
 
 
@@ -731,5 +757,6 @@ def stats_line() -> str:
     return (
         f"{s.translations} translations ({s.translated_insns} instructions, {s.translate_seconds * 1000:.1f} ms), "
         f"{s.block_runs} region runs, {s.reinserts} re-inserted, {s.invalidations} invalidated, "
+        f"{s.reinstated} reinstated, "
         f"{s.interpreted_insns} steps interpreted"
     )
