@@ -90,8 +90,11 @@ async def _body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise ServeError(413, f"the body may have at most {limit} bytes")
     try:
-        async with asyncio.timeout(request.app[FRONTEND_KEY].config.body_timeout):  # no task, unlike wait_for
+        if request.content.is_eof():  # the body came with the headers: no wait, so no timer
             data = await request.read()
+        else:
+            async with asyncio.timeout(request.app[FRONTEND_KEY].config.body_timeout):  # no task, unlike wait_for
+                data = await request.read()
     except TimeoutError:
         raise ServeError(408, "the request body did not arrive in time") from None
     except web.HTTPRequestEntityTooLarge:
@@ -364,7 +367,8 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         if e.status in (408, 413):  # the rest of the body may still come: it must not be read as a request
             response.force_close()
         return response
-    except web.HTTPException:
+    except web.HTTPException as e:  # the router's 404 and 405, the admin routes' 401
+        e.headers.setdefault(VM_HEADER, FRONTEND)
         raise
     except ConnectionError:  # the client went away mid-request (aiohttp's "Connection lost"): nobody to tell
         return _text(400, "the connection was lost")
@@ -373,15 +377,10 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         return _text(500, "internal error")
 
 
-async def _vm_header(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers.setdefault(VM_HEADER, FRONTEND)
-
-
 def make_app(frontend: Frontend) -> web.Application:
     """The aiohttp application of the front-end."""
     app = web.Application(middlewares=[_errors], client_max_size=MAX_MESSAGE)
     app[FRONTEND_KEY] = frontend
-    app.on_response_prepare.append(_vm_header)
     app.add_routes([
         web.post("/echo", echo),
         web.post("/crc32", crc32),

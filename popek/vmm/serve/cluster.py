@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import threading
 import time
@@ -82,6 +83,42 @@ class Call:
     urgent: bool = False
     tag: int = 0  # the card's tag, set by the VM thread when it hands the message over
     cancel_requested: bool = False  # a `cancel` was sent for it: a `cancelled` reply means just that
+    deadline: int = 0  # its slot in ``Deadlines`` while a caller waits for it
+
+
+class Deadlines:
+    """The request timeouts of a VM's calls, on one loop timer per ``GRAIN`` seconds of deadlines.
+
+    A timer per request (``asyncio.timeout``) cost the loop more than the guest's own work on an echo; a call
+    times out up to ``GRAIN`` late instead.
+    """
+
+    GRAIN = 0.05
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.slots: dict[int, dict[Call, None]] = {}  # deadline // GRAIN -> the calls that time out then
+
+    def add(self, call: Call, timeout: float) -> None:
+        """Fail ``call``'s future with TimeoutError once ``timeout`` seconds have passed (unless discarded)."""
+        slot = math.ceil((self.loop.time() + timeout) / self.GRAIN)
+        calls = self.slots.get(slot)
+        if calls is None:
+            calls = self.slots[slot] = {}
+            self.loop.call_at(slot * self.GRAIN, self._expire, slot)
+        calls[call] = None
+        call.deadline = slot
+
+    def discard(self, call: Call) -> None:
+        """``call`` is no longer waited for."""
+        calls = self.slots.get(call.deadline)
+        if calls is not None:
+            calls.pop(call, None)
+
+    def _expire(self, slot: int) -> None:
+        for call in self.slots.pop(slot, ()):
+            if not call.future.done():
+                call.future.set_exception(TimeoutError())
 
 
 def _settle(future: asyncio.Future, value: object, error: BaseException | None) -> None:
@@ -385,6 +422,7 @@ class Replica:
         self.remote = ""
         self.remote_token = ""
         self.forward: Callable[[Replica, Call], None] | None = None
+        self.deadlines = Deadlines(loop)
 
     @property
     def id(self) -> str:
@@ -427,13 +465,15 @@ class Replica:
 
     async def wait(self, call: Call, timeout: float) -> bytes:
         """The guest's reply to ``call``; TimeoutError after ``timeout`` seconds (the guest is told to drop it)."""
+        self.deadlines.add(call, timeout)
         try:
-            async with asyncio.timeout(timeout):  # no task per request, unlike wait_for (Python 3.11)
-                return await call.future
+            return await call.future
         except TimeoutError:
             if not self.remote:
                 self.worker.submit(("abandon", call))
             raise
+        finally:
+            self.deadlines.discard(call)
 
     async def cancel(self, target: Call, timeout: float) -> bytes:
         """Send the guest ``cancel <tag>`` for ``target`` on the urgent channel; return its answer."""
