@@ -1,25 +1,30 @@
 """HTTP serving under load: requests/s and p50/p99 latency per service × monitor × policy, with wrk.
 
-Each cluster (two compute VMs of the concurrent design and two kv replicas, all under one monitor) runs as a
-``popek serve`` process on a free loopback port, and wrk drives it for a few seconds per service with
-benchmarks/serve.lua, which checks every answer. In the same run, the same wrk load on a plain aiohttp echo
-handler (the cost of HTTP alone, without the guests) and on the bare machine (the cost of the monitors).
-A second table puts the two server designs side by side: short echo requests while a long primes request is
-always in flight, their p50 and p99.
+Every server runs at once, each in a process of its own on a free loopback port: a plain aiohttp echo handler
+(the cost of HTTP alone, without the guests) and one ``popek serve`` cluster per monitor × policy (two compute
+VMs of the concurrent design and two kv replicas, all under that monitor; an idle cluster costs no processor
+time). The measurements are interleaved: each round runs wrk for a few seconds on the plain echo, then on
+every cluster for every service, the order turned by one place each round, so a machine shared with other work
+slows every figure of a round alike. Each ratio (echo through the stack against the plain echo, pv against
+bare) is taken within one round; the report is the median over the rounds and the spread (lowest, highest).
+benchmarks/serve.lua checks every answer. A second table puts the two server designs side by side: short echo
+requests while a long primes request is always in flight, their p50 and p99.
 
-    python benchmarks/serve.py [--duration 3] [--monitors bare,pv,trap] [--services echo,crc32,primes,kvget]
-                               [--policies content,round-robin,least-outstanding] [--json FILE] [--markdown]
+    python benchmarks/serve.py [--rounds 5] [--duration 2] [--monitors bare,pv,trap]
+                               [--services echo,crc32,primes,kvget] [--policies content] [--json FILE] [--markdown]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -31,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 from popek.vmm.serve.load import LOOPBACK, ServeProcess, fetch, free_port, missing, wrk  # noqa: E402
 
 SCRIPT = ROOT / "benchmarks" / "serve.lua"
-CONNECTIONS = 32
+CONNECTIONS = 32  # wrk -c; with -t2 (two threads), the same for every measurement
+THREADS = 2
 LONG = "/primes/3000000"  # about 7.5 million guest instructions: a long request
 
 
@@ -47,8 +53,9 @@ def plain_echo(port: int) -> None:
     web.run_app(app, host=LOOPBACK, port=port, access_log=None, print=None)
 
 
-def measure_plain(duration: float) -> dict:
-    """wrk on the plain aiohttp echo handler."""
+@contextlib.contextmanager
+def plain_server() -> Iterator[str]:
+    """The plain aiohttp echo in a process of its own; yields its URL."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--plain-echo", str(port)], start_new_session=True)
     try:
@@ -62,7 +69,7 @@ def measure_plain(duration: float) -> dict:
                 if time.monotonic() > end:
                     raise RuntimeError("the plain aiohttp server did not start") from None
                 time.sleep(0.1)
-        return wrk(url, SCRIPT, "echo", duration=duration, connections=CONNECTIONS)
+        yield url
     finally:
         proc.terminate()
         proc.wait(30)
@@ -74,30 +81,70 @@ def cluster(monitor: str, design: str = "concurrent") -> list[str]:
             f"kv=iterative:{monitor}"]  # fmt: skip
 
 
-def row(service: str, monitor: str, policy: str, r: dict) -> dict:
-    """One line of the table."""
-    lat = r["latency_ms"]
-    bad = r["non2xx"] + r["bad_body"] + r["lost"]
-    return {"service": service, "monitor": monitor, "policy": policy, "rps": round(r["rps"], 1),
-            "p50_ms": round(lat["p50"], 2), "p99_ms": round(lat["p99"], 2), "requests": r["requests"],
-            "bad": bad}  # fmt: skip
+def row(service: str, monitor: str, policy: str, runs: list[dict]) -> dict:
+    """One line of the table: the median of the rounds, and their spread."""
+    rps = [r["rps"] for r in runs]
+    return {"service": service, "monitor": monitor, "policy": policy, "rps": round(statistics.median(rps), 1),
+            "rps_runs": [round(x, 1) for x in rps],
+            "p50_ms": round(statistics.median(r["latency_ms"]["p50"] for r in runs), 2),
+            "p99_ms": round(statistics.median(r["latency_ms"]["p99"] for r in runs), 2),
+            "requests": sum(r["requests"] for r in runs),
+            "bad": sum(r["non2xx"] + r["bad_body"] + r["lost"] for r in runs)}  # fmt: skip
 
 
-def measure_matrix(monitors: list[str], policies: list[str], services: list[str], duration: float,
-                   log: Console) -> list[dict]:  # fmt: skip
-    """Every service × monitor × policy."""
-    rows = []
-    for monitor in monitors:
-        for policy in policies:
-            with ServeProcess(cluster(monitor), "--policy", policy) as s:
-                fetch(s.url + "/kv/load", "PUT", b"load-value")
-                for service in services:
-                    r = wrk(s.url, SCRIPT, service, duration=duration, connections=CONNECTIONS)
-                    rows.append(row(service, monitor, policy, r))
-                    lat = r["latency_ms"]
-                    log.print(f"  {service:7} {monitor:8} {policy:18} {r['rps']:9.0f} req/s  "
-                              f"p50 {lat['p50']:6.2f} ms  p99 {lat['p99']:7.2f} ms")  # fmt: skip
-    return rows
+def spread(values: list[float]) -> dict:
+    """Median, lowest and highest of per-round ratios."""
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3), "rounds": [round(v, 3) for v in values]}  # fmt: skip
+
+
+def measure_rounds(monitors: list[str], policies: list[str], services: list[str], rounds: int, duration: float,
+                   log: Console) -> tuple[dict, list[dict], dict]:  # fmt: skip
+    """Every server at once; ``rounds`` interleaved passes over plain echo and every cluster × service."""
+    runs: dict[tuple[str, str, str], list[dict]] = {}
+    with contextlib.ExitStack() as stack:
+        servers = {("-", "-"): stack.enter_context(plain_server())}
+        clusters = [(m, p) for m in monitors for p in policies]
+        starting = {mp: ServeProcess(cluster(mp[0]), "--policy", mp[1]) for mp in clusters}
+        threads = [threading.Thread(target=s.start, daemon=True) for s in starting.values()]  # boot in parallel
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for mp, s in starting.items():
+            stack.callback(s.stop)
+            if not s.url:
+                raise RuntimeError(f"popek serve {mp} did not start: {s.stderr()[-2000:]}")
+            fetch(s.url + "/kv/load", "PUT", b"load-value")
+            servers[mp] = s.url
+        jobs = [("echo", "-", "-")] + [(svc, m, p) for m, p in clusters for svc in services]
+        for n in range(rounds):
+            turn = n % len(jobs)
+            for service, monitor, policy in jobs[turn:] + jobs[:turn]:
+                r = wrk(servers[(monitor, policy)], SCRIPT, service, duration=duration, threads=THREADS,
+                        connections=CONNECTIONS)  # fmt: skip
+                runs.setdefault((service, monitor, policy), []).append(r)
+            log.print(
+                f"  round {n + 1}: plain echo {runs[('echo', '-', '-')][-1]['rps']:,.0f} req/s; "
+                + ", ".join(
+                    f"{m}/{p} echo {runs[('echo', m, p)][-1]['rps']:,.0f}" for m, p in clusters if "echo" in services
+                )
+            )
+    plain = row("echo", "-", "-", runs.pop(("echo", "-", "-")))
+    rows = [row(svc, m, p, runs[(svc, m, p)]) for m, p in clusters for svc in services]
+    ratios = {}
+    per_round = {k: [r["rps"] for r in v] for k, v in runs.items()}
+
+    def within_rounds(a: list[float], b: list[float]) -> dict:
+        return spread([x / y for x, y in zip(a, b, strict=True)])
+
+    for m, p in clusters:
+        if "echo" in services:
+            ratios[f"echo {m} {p} / plain"] = within_rounds(per_round[("echo", m, p)], plain["rps_runs"])
+        if m != "bare" and "bare" in monitors:
+            for svc in services:
+                ratios[f"{svc} {m} / bare {p}"] = within_rounds(per_round[(svc, m, p)], per_round[(svc, "bare", p)])
+    return plain, rows, ratios
 
 
 def measure_designs(duration: float, log: Console) -> list[dict]:
@@ -122,27 +169,34 @@ def measure_designs(duration: float, log: Console) -> list[dict]:
             finally:
                 stop.set()
                 thread.join(120)
-            rows.append({**row("echo", "pv", "content", r), "design": design, "long_requests": len(longs),
+            rows.append({**row("echo", "pv", "content", [r]), "design": design, "long_requests": len(longs),
                          "long_s": round(statistics.median(longs), 3) if longs else None})  # fmt: skip
             log.print(f"  {design:10} echo with {LONG} in flight: p50 {r['latency_ms']['p50']:.2f} ms, "
                       f"p99 {r['latency_ms']['p99']:.2f} ms, {r['rps']:.0f} req/s")  # fmt: skip
     return rows
 
 
+def _spread(r: dict) -> str:
+    return f"{r['median']:.2f} ({r['min']:.2f}–{r['max']:.2f})"
+
+
 def markdown(result: dict) -> str:
     """The tables for docs/benchmarks.md."""
     out = [
-        "| service | monitor | policy | req/s | p50 ms | p99 ms | × bare | errors |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| service | monitor | policy | req/s (median) | lowest–highest | p50 ms | p99 ms | × plain echo | × bare "
+        "| errors |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    bare = {(r["service"], r["policy"]): r["rps"] for r in result["rows"] if r["monitor"] == "bare"}
+    p, ratios = result["plain"], result["ratios"]
+    out.append(f"| echo | plain aiohttp | - | {p['rps']:,.0f} | {min(p['rps_runs']):,.0f}–{max(p['rps_runs']):,.0f} | "
+               f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | 1.00 | | {p['bad']} |")  # fmt: skip
     for r in result["rows"]:
-        ratio = r["rps"] / bare[(r["service"], r["policy"])] if (r["service"], r["policy"]) in bare else None
-        out.append(f"| {r['service']} | {r['monitor']} | {r['policy']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
-                   f"{r['p99_ms']:.2f} | {'' if ratio is None else f'{ratio:.2f}'} | {r['bad']} |")  # fmt: skip
-    p = result["plain"]
-    out += ["", f"Plain aiohttp echo, same wrk load: **{p['rps']:,.0f} req/s** (p50 {p['p50_ms']:.2f} ms, p99 "
-            f"{p['p99_ms']:.2f} ms)."]  # fmt: skip
+        s, m, pol = r["service"], r["monitor"], r["policy"]
+        vs_plain = ratios.get(f"echo {m} {pol} / plain") if s == "echo" else None
+        vs_bare = ratios.get(f"{s} {m} / bare {pol}")
+        out.append(f"| {s} | {m} | {pol} | {r['rps']:,.0f} | {min(r['rps_runs']):,.0f}–{max(r['rps_runs']):,.0f} | "
+                   f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {_spread(vs_plain) if vs_plain else ''} | "
+                   f"{_spread(vs_bare) if vs_bare else ''} | {r['bad']} |")  # fmt: skip
     out += ["", "| design | echo req/s | echo p50 ms | echo p99 ms | long requests done |", "|---|---:|---:|---:|---:|"]
     for r in result["designs"]:
         out.append(
@@ -154,10 +208,12 @@ def markdown(result: dict) -> str:
 def main() -> None:
     """Run the benchmark; print the tables; write JSON."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--duration", type=float, default=3.0, help="seconds of wrk per measurement")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved passes over every server and service")
+    ap.add_argument("--duration", type=float, default=2.0, help="seconds of wrk per measurement")
     ap.add_argument("--monitors", default="bare,pv,trap")
-    ap.add_argument("--policies", default="content,round-robin,least-outstanding")
+    ap.add_argument("--policies", default="content")
     ap.add_argument("--services", default="echo,crc32,primes,kvget")
+    ap.add_argument("--no-designs", action="store_true", help="leave out the second table")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
     ap.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     ap.add_argument("--plain-echo", type=int, help=argparse.SUPPRESS)
@@ -171,35 +227,25 @@ def main() -> None:
             f"benchmarks/serve.py needs {', '.join(absent)} (Debian: apt-get install wrk); nothing measured"
         )
     log = Console(stderr=True)
-    log.print("plain aiohttp echo")
-    plain = [measure_plain(args.duration)]
-    log.print("service × monitor × policy")
-    rows = measure_matrix(args.monitors.split(","), args.policies.split(","), args.services.split(","),
-                          args.duration, log)  # fmt: skip
-    plain.append(measure_plain(args.duration))  # again at the end: the machine may have changed meanwhile
-    log.print("designs")
-    designs = measure_designs(args.duration, log)
-    best_plain = max(plain, key=lambda r: r["rps"])
-    result = {"duration_s": args.duration, "connections": CONNECTIONS, "plain": row("echo", "-", "-", best_plain),
-              "plain_runs": [round(r["rps"], 1) for r in plain], "rows": rows, "designs": designs}  # fmt: skip
-    echo = [r for r in rows if r["service"] == "echo"]
-    result["echo_vs_plain"] = round(max(r["rps"] for r in echo) / best_plain["rps"], 3) if echo else None
-    pv = {(r["service"], r["policy"]): r["rps"] for r in rows if r["monitor"] == "pv"}
-    bare = {(r["service"], r["policy"]): r["rps"] for r in rows if r["monitor"] == "bare"}
-    result["pv_vs_bare"] = {f"{s} {p}": round(pv[(s, p)] / bare[(s, p)], 3) for s, p in pv if (s, p) in bare}
+    log.print(f"{args.rounds} rounds of wrk -t{THREADS} -c{CONNECTIONS} for {args.duration:g} s per server and service")
+    plain, rows, ratios = measure_rounds(args.monitors.split(","), args.policies.split(","),
+                                         args.services.split(","), args.rounds, args.duration, log)  # fmt: skip
+    designs = [] if args.no_designs else measure_designs(3.0, log)
+    result = {"rounds": args.rounds, "duration_s": args.duration, "threads": THREADS, "connections": CONNECTIONS,
+              "plain": plain, "rows": rows, "ratios": ratios, "designs": designs}  # fmt: skip
 
-    table = Table(title=f"popek serve under wrk ({CONNECTIONS} connections, {args.duration:g} s each)")
-    for col in ("service", "monitor", "policy", "req/s", "p50 ms", "p99 ms", "× bare", "errors"):
+    table = Table(title=f"popek serve under wrk -t{THREADS} -c{CONNECTIONS}: median of {args.rounds} interleaved "
+                  f"rounds of {args.duration:g} s")  # fmt: skip
+    for col in ("service", "monitor", "policy", "req/s", "lowest–highest", "p50 ms", "p99 ms", "errors"):
         table.add_column(col, justify="right" if col not in ("service", "monitor", "policy") else "left")
-    for r in rows:
-        b = bare.get((r["service"], r["policy"]))
-        table.add_row(r["service"], r["monitor"], r["policy"], f"{r['rps']:,.0f}", f"{r['p50_ms']:.2f}",
-                      f"{r['p99_ms']:.2f}", f"{r['rps'] / b:.2f}" if b else "", str(r["bad"]))  # fmt: skip
-    console = Console()
+    for r in [plain, *rows]:
+        table.add_row(r["service"], r["monitor"] if r["monitor"] != "-" else "plain aiohttp", r["policy"],
+                      f"{r['rps']:,.0f}", f"{min(r['rps_runs']):,.0f}–{max(r['rps_runs']):,.0f}",
+                      f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", str(r["bad"]))  # fmt: skip
+    console = Console(width=140)
     console.print(table)
-    console.print(f"plain aiohttp echo: {best_plain['rps']:,.0f} req/s (runs: {result['plain_runs']}); best echo "
-                  f"through popek serve: {result['echo_vs_plain']:.0%} of it")  # fmt: skip
-    console.print(f"pv / bare: {result['pv_vs_bare']}")
+    for name, r in ratios.items():
+        console.print(f"{name:28} median {r['median']:.2f}  (lowest {r['min']:.2f}, highest {r['max']:.2f})")
     for r in designs:
         console.print(
             f"{r['design']:10}: echo p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms with {LONG} in flight"
