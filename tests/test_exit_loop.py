@@ -183,6 +183,7 @@ PV_GUESTS = [
     ("kernel/kernel.s", {"PARAVIRT": 1, "CRASH": 1}),
     ("kernel/kernel.s", {"PARAVIRT": 1, "ROUNDS": 40}),  # 40 console flushes: more than one call's buffer
     ("programs/syscalls.s", {"PARAVIRT": 1, "COUNT": 2000}),
+    ("programs/syswrite.s", {"PARAVIRT": 1}),
 ]
 
 

@@ -388,6 +388,21 @@ def test_a_longer_pv_kernel_fills_its_console_buffer_inside_writes(monitor: type
     assert result.stats["hcall console_flush"] >= 5
 
 
+@pytest.mark.parametrize("length", [0, 12, 256])
+def test_the_pv_build_of_the_system_call_workload_prints_what_the_native_build_prints(length: int) -> None:
+    machine = BareMachine(core="jit")
+    machine.load(build(GUESTS / "programs" / "syswrite.s", COUNT=300, LEN=length).image)
+    expected = machine.run()
+    calls, written = 2 * 300 + 1, 300 * length
+    assert expected.halted and expected.status == 0
+    assert expected.console.startswith(f"calls {calls}, bytes written {written}, pipe hash ")
+    assert expected.console.endswith(f", sum of the answers {300 + written}\n")
+    image = build(GUESTS / "programs" / "syswrite.s", "PARAVIRT", COUNT=300, LEN=length).image
+    result = pv_host(image).run(10_000_000)[0]
+    assert result.halted and result.status == 0 and result.console == expected.console
+    assert result.stats["total_exits"] == 2 and result.stats["traps delivered by the core"] == calls
+
+
 class NoAssistSameFeatures(pv.ParavirtNoAssist):
     """Every trap and hypercall through the monitor, the guest told the processor performs them."""
 

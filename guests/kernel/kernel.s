@@ -193,8 +193,9 @@ sys_write:                          # the buffer must lie inside the task's regi
     ld r4, TCB_BASE(r13)
     add r10, r4, r2                 # translate: physical = base + virtual
     add r11, r10, r3
+    mov r12, r3
     HAL_CONS_WRITE r10, r11, r2
-    mov r2, r3
+    mov r2, r12
     j return_r2
 3:  li r2, -1
     j return_r2

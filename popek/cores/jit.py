@@ -155,46 +155,49 @@ SH_CORE_BYTES, HC_IRET, HC_SET_TIMER, HC_FAST_LIMIT = S.SH_CORE_BYTES, S.HC_IRET
 
 
 @_compiled
-def _pv_active(state, memsize):
+def pv_active(state: np.ndarray, memsize: int) -> bool:
+    """The paravirtual support is on and its shared area fits in ``memsize`` bytes."""
     sh = state[PV_SHARED]
     return (state[FLAGS] & F_PV) != 0 and sh >= 0 and (sh & 3) == 0 and sh <= memsize - SH_CORE_BYTES
 
 
 @_compiled
-def _pv_get(state, mem, offset):
+def pv_get(state: np.ndarray, mem: np.ndarray, offset: int) -> int:
+    """The word at ``offset`` in the shared area (no bounds check: ``pv_active`` first)."""
     return _load32(mem, np.uint64(state[PV_SHARED] + offset))
 
 
 @_compiled
-def _pv_put(state, mem, offset, value):
+def pv_put(state: np.ndarray, mem: np.ndarray, offset: int, value: int) -> None:
+    """Store ``value`` at ``offset`` in the shared area (no bounds check: ``pv_active`` first)."""
     _store32(mem, np.uint64(state[PV_SHARED] + offset), value & M32)
 
 
 @_compiled
-def _pv_sync_ie(state, mem):
+def pv_sync_ie(state: np.ndarray, mem: np.ndarray) -> None:
     """IE <- the shared mask word is 0."""
-    state[PSW] = (state[PSW] & 1) | (0 if _pv_get(state, mem, SH_MASK) else 2)
+    state[PSW] = (state[PSW] & 1) | (0 if pv_get(state, mem, SH_MASK) else 2)
 
 
 @_compiled
 def _pv_expired(state, mem):
     """The timer just reached zero: set the shared pending word and sample the mask."""
-    _pv_put(state, mem, SH_PENDING, 1)
-    _pv_sync_ie(state, mem)
+    pv_put(state, mem, SH_PENDING, 1)
+    pv_sync_ie(state, mem)
 
 
 @_compiled
 def _pv_enter(state, mem, pc, cause, info):
     """Deliver a trap or interrupt into the guest kernel: the frame to the shared area, then its context."""
     kbase = state[PV_KBASE] & M32
-    epsw = (1 if state[PV_KMODE] != 0 else 0) | (0 if _pv_get(state, mem, SH_MASK) else 2)
-    _pv_put(state, mem, SH_EPC, pc)
-    _pv_put(state, mem, SH_EPSW, epsw)
-    _pv_put(state, mem, SH_EBASE, (state[BASE] & M32) - kbase)
-    _pv_put(state, mem, SH_EBOUND, state[BOUND])
-    _pv_put(state, mem, SH_CAUSE, cause)
-    _pv_put(state, mem, SH_BADADDR, info)
-    _pv_put(state, mem, SH_MASK, 1)
+    epsw = (1 if state[PV_KMODE] != 0 else 0) | (0 if pv_get(state, mem, SH_MASK) else 2)
+    pv_put(state, mem, SH_EPC, pc)
+    pv_put(state, mem, SH_EPSW, epsw)
+    pv_put(state, mem, SH_EBASE, (state[BASE] & M32) - kbase)
+    pv_put(state, mem, SH_EBOUND, state[BOUND])
+    pv_put(state, mem, SH_CAUSE, cause)
+    pv_put(state, mem, SH_BADADDR, info)
+    pv_put(state, mem, SH_MASK, 1)
     state[PSW] = 0
     state[BASE] = kbase
     state[BOUND] = state[PV_KBOUND] & M32
@@ -209,9 +212,9 @@ def _pv_enter(state, mem, pc, cause, info):
 @_compiled
 def _pv_iret(state, mem):
     """HC_IRET: psw, R (composed with the kernel's) and mask from the frame; returns the pc to go to."""
-    epsw = _pv_get(state, mem, SH_EPSW)
-    ebase = _pv_get(state, mem, SH_EBASE)
-    ebound = _pv_get(state, mem, SH_EBOUND)
+    epsw = pv_get(state, mem, SH_EPSW)
+    ebase = pv_get(state, mem, SH_EBASE)
+    ebound = pv_get(state, mem, SH_EBOUND)
     kbase = state[PV_KBASE] & M32
     kbound = state[PV_KBOUND] & M32
     if ebase < kbound:
@@ -221,8 +224,8 @@ def _pv_iret(state, mem):
         state[BASE] = kbase
         state[BOUND] = 0
     state[PV_KMODE] = epsw & 1
-    _pv_put(state, mem, SH_MASK, 0 if epsw & 2 else 1)
-    return _pv_get(state, mem, SH_EPC)
+    pv_put(state, mem, SH_MASK, 0 if epsw & 2 else 1)
+    return pv_get(state, mem, SH_EPC)
 
 
 @_compiled
@@ -322,7 +325,7 @@ def _run(state, mem, budget, out, nout):
     tc = np.int64(0)  # a trap to deliver: its cause (0 = none) ...
     ti = np.int64(0)  # ... and its badaddr
     w = np.int64(0)
-    pv = _pv_active(state, memsize)  # paravirtual support
+    pv = pv_active(state, memsize)  # paravirtual support
 
     while True:
         # ---- between steps: deliver a trap, fire the timer, check the budget, take an interrupt ----
@@ -435,8 +438,8 @@ def _run(state, mem, budget, out, nout):
                     state[PENDING] &= ~1
                     tact = state[1] != 0
                     tdead = r + 1 + state[1]
-                    _pv_put(state, mem, SH_PENDING, 0)
-                _pv_sync_ie(state, mem)
+                    pv_put(state, mem, SH_PENDING, 0)
+                pv_sync_ie(state, mem)
                 state[PV_NCALLS + n] += 1
                 pc = npc & M32
                 r += 1

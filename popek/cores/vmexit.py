@@ -313,22 +313,22 @@ def _pv_retire(r, host_mem):
         r[TIMER] -= 1
         if r[TIMER] == 0:
             r[PENDING] |= PEND_TIMER
-            jit._pv_put(r, host_mem, SH_PENDING, 1)
-            jit._pv_sync_ie(r, host_mem)
+            jit.pv_put(r, host_mem, SH_PENDING, 1)
+            jit.pv_sync_ie(r, host_mem)
 
 
 @_compiled
 def _pv_bounce(r, host_mem, cause, info):
     """Paravirt._bounce: the trap into the guest kernel's entry with its frame in the shared area, a step."""
     kbase = r[PV_KBASE] & M32
-    epsw = (PSW_S if r[PV_KMODE] else 0) | (0 if jit._pv_get(r, host_mem, SH_MASK) else PSW_IE)
-    jit._pv_put(r, host_mem, SH_EPSW, epsw)
-    jit._pv_put(r, host_mem, SH_EPC, r[PC])
-    jit._pv_put(r, host_mem, SH_EBASE, (r[BASE] & M32) - kbase)
-    jit._pv_put(r, host_mem, SH_EBOUND, r[BOUND])
-    jit._pv_put(r, host_mem, SH_CAUSE, cause)
-    jit._pv_put(r, host_mem, SH_BADADDR, info)
-    jit._pv_put(r, host_mem, SH_MASK, 1)
+    epsw = (PSW_S if r[PV_KMODE] else 0) | (0 if jit.pv_get(r, host_mem, SH_MASK) else PSW_IE)
+    jit.pv_put(r, host_mem, SH_EPSW, epsw)
+    jit.pv_put(r, host_mem, SH_EPC, r[PC])
+    jit.pv_put(r, host_mem, SH_EBASE, (r[BASE] & M32) - kbase)
+    jit.pv_put(r, host_mem, SH_EBOUND, r[BOUND])
+    jit.pv_put(r, host_mem, SH_CAUSE, cause)
+    jit.pv_put(r, host_mem, SH_BADADDR, info)
+    jit.pv_put(r, host_mem, SH_MASK, 1)
     r[PSW] = 0
     r[BASE] = kbase
     r[BOUND] = r[PV_KBOUND] & M32
@@ -357,7 +357,7 @@ def _run_pv(r, host_mem, budget, registered, cnt, console):
             return code
         n = r[XCAUSE]
         if n == HC_CONSOLE_FLUSH:  # show what the buffer holds beyond what was shown, then empty it
-            length = min(jit._pv_get(r, host_mem, SH_CONS_LEN), np.int64(CONS_SIZE))
+            length = min(jit.pv_get(r, host_mem, SH_CONS_LEN), np.int64(CONS_SIZE))
             shown = cnt[PVC_SHOWN]
             if length > shown:
                 if cnt[PVC_CONSOLE] + length - shown > room:
@@ -366,23 +366,23 @@ def _run_pv(r, host_mem, budget, registered, cnt, console):
                 for i in range(shown, length):
                     console[cnt[PVC_CONSOLE]] = host_mem[at + i]
                     cnt[PVC_CONSOLE] += 1
-            jit._pv_put(r, host_mem, SH_CONS_LEN, 0)
+            jit.pv_put(r, host_mem, SH_CONS_LEN, 0)
             cnt[PVC_SHOWN] = 0
             r[1] = length
         elif n == HC_BLOCK:
-            if r[PENDING] == 0 and (jit._pv_get(r, host_mem, SH_NET_EVENTS) & NET_UPCALL) == 0:
+            if r[PENDING] == 0 and (jit.pv_get(r, host_mem, SH_NET_EVENTS) & NET_UPCALL) == 0:
                 timer = r[TIMER]
                 if timer == 0:
                     return code  # waits for the card, or never ends: the monitor decides
                 r[CYCLE] += timer  # idle until the timer expires (wfi's time), then retire
                 r[TIMER] = 0
                 r[PENDING] |= PEND_TIMER
-                jit._pv_put(r, host_mem, SH_PENDING, 1)
+                jit.pv_put(r, host_mem, SH_PENDING, 1)
         else:
             return code
         cnt[PVC_HCALL] += 1
         cnt[PVC_HC + n] += 1
-        jit._pv_sync_ie(r, host_mem)
+        jit.pv_sync_ie(r, host_mem)
         _pv_retire(r, host_mem)
 
 
@@ -414,6 +414,6 @@ def run_pv(rstate: np.ndarray, host_mem: np.ndarray, budget: int, registered: bo
     """Advance a PV guest (its state in ``rstate``) by at most ``budget`` steps; the exit code left, or EXIT_BUDGET."""
     if counters.shape[0] != NPVC or counters.dtype != np.int64:
         raise ValueError(f"counters must be {NPVC} int64")
-    if not jit._pv_active(rstate, np.int64(host_mem.shape[0])) or rstate[S.PV_SHARED] + SH_SIZE > host_mem.shape[0]:
+    if not jit.pv_active(rstate, np.int64(host_mem.shape[0])) or rstate[S.PV_SHARED] + SH_SIZE > host_mem.shape[0]:
         raise ValueError("the shared area does not fit in memory")
     return int(_run_pv(rstate, host_mem, budget, registered, counters, console))

@@ -521,3 +521,7 @@ class ParavirtNoAssist(Paravirt):
     description = "paravirtual guests, every trap and hypercall through the monitor"
     direct = 0
     fast = 0
+
+    def pv_loop(self) -> None:
+        """None: every exit of a PV guest goes through Python, what the processor's help is measured against."""
+        return None
