@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from popek.cores import CORE_NAMES, dbt, get_core, reference
@@ -262,3 +262,96 @@ def test_bundled_guests_run_as_on_the_reference_core(path: str, defines: dict) -
     (ref, rres), (got, gres) = runs["reference"], runs["dbt"]
     assert np.array_equal(got.state, ref.state) and np.array_equal(got.mem, ref.mem)
     assert (gres.console, gres.exit, gres.halted) == (rres.console, rres.exit, rres.halted)
+
+
+# --- random structured programs: loops, branches, calls, memory, patches, interrupts ----------------------
+_R_OPS = ["add", "sub", "and", "or", "xor", "shl", "shr", "sar", "mul", "slt", "sltu", "div", "divu", "rem", "remu"]
+_I_OPS = ["addi", "andi", "ori", "xori", "shli", "shri", "sari", "slti", "sltiu"]
+_BRANCHES = ["beq", "bne", "blt", "bge", "bltu", "bgeu"]
+_WORK = range(3, 10)  # registers the random body computes with; r1 counts handler runs, r2 the loop
+
+
+@st.composite
+def _body(draw: st.DrawFn, depth: int = 0) -> list[str]:
+    """Random straight-line code with forward branches, memory accesses (some faulting) and a nested loop."""
+    lines: list[str] = []
+    reg = st.sampled_from(list(_WORK))
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["r", "r", "i", "i", "ld", "st", "skip", "loop", "call"]))
+        if kind == "r":
+            lines.append(f"{draw(st.sampled_from(_R_OPS))} r{draw(reg)}, r{draw(reg)}, r{draw(reg)}")
+        elif kind == "i":
+            lines.append(f"{draw(st.sampled_from(_I_OPS))} r{draw(reg)}, r{draw(reg)}, {draw(st.integers(-40, 40))}")
+        elif kind in ("ld", "st"):
+            # An address in the data area, sometimes misaligned or past the end of memory (traps).
+            mask = draw(st.sampled_from([0xFC, 0xFF, 0x3FFF]))
+            op = draw(st.sampled_from(["ld", "ldb", "ldbu"] if kind == "ld" else ["st", "stb"]))
+            lines += [f"andi r10, r{draw(reg)}, {mask}", f"{op} r{draw(reg)}, data(r10)"]
+        elif kind == "skip" and depth < 3:  # numeric labels, one digit per depth: 2-4 forward, 5-6 back
+            lines.append(f"{draw(st.sampled_from(_BRANCHES))} r{draw(reg)}, r{draw(reg)}, {2 + depth}f")
+            lines += [*draw(_body(depth + 1)), f"{2 + depth}:"]
+        elif kind == "loop" and depth < 2:
+            count = 11 + depth
+            lines += [f"addi r{count}, r0, {draw(st.integers(1, 4))}", f"{5 + depth}:", *draw(_body(depth + 1))]
+            lines += [f"addi r{count}, r{count}, -1", f"bne r{count}, r0, {5 + depth}b"]
+        elif kind == "call" and depth < 2:
+            lines.append("jal r15, routine")
+    return lines
+
+
+@st.composite
+def structured_programs(draw: st.DrawFn) -> str:
+    """A loop around a random body, a routine it calls, a patch of one of its instructions, maybe a timer."""
+    timer = draw(st.sampled_from([0, 0, 3, 17, 101]))
+    patch = draw(st.sampled_from(["addi r3, r3, 7", "xor r4, r4, r5", "shli r6, r6, 3"]))
+    patched_at = draw(st.integers(1, 6))
+    return f"""
+                jal     r0, main
+        handler:                            # traps skip the instruction, the timer re-arms
+                addi    r1, r1, 1
+                mfcr    r14, cause
+                addi    r13, r0, CAUSE_TIMER
+                beq     r14, r13, tick
+                mfcr    r14, epc
+                addi    r14, r14, 4
+                mtcr    epc, r14
+                iret
+        tick:   addi    r14, r0, {timer}
+                mtcr    timer, r14
+                iret
+        routine:
+                {chr(10).join(draw(_body(2)))}
+                jalr    r0, 0(r15)
+        main:   addi    r14, r0, handler
+                mtcr    ivt, r14
+                addi    r14, r0, {timer}
+                mtcr    timer, r14
+                addi    r14, r0, 3              # supervisor, interrupts on
+                mtcr    psw, r14
+                li      r3, {draw(st.integers(0, M32))}
+                li      r4, {draw(st.integers(0, M32))}
+                li      r5, {draw(st.integers(0, M32))}
+                addi    r2, r0, {draw(st.integers(2, 8))}
+        top:
+        patched:
+                addi    r9, r9, 1
+                {chr(10).join(draw(_body()))}
+                addi    r2, r2, -1
+                addi    r14, r0, {patched_at}
+                bne     r2, r14, 1f
+                li      r14, {int.from_bytes(asm(patch), "little")}
+                st      r14, patched(r0)
+        1:      bne     r2, r0, top
+                halt
+                .align  4
+        data:   .space  256
+    """
+
+
+@settings(max_examples=max(12, settings.default.max_examples // 3))  # each example compiles a dozen regions
+@given(structured_programs(), st.lists(st.integers(1, 300), min_size=0, max_size=8))
+def test_structured_programs_match_reference(source: str, budgets: list[int]) -> None:
+    """Loops, calls, forward branches, faults, a patched instruction and timer interrupts: as on the reference."""
+    image = asm(source, CAUSE_TIMER=int(spec.Cause.TIMER))
+    codes = differential_run(_machine(image, memsize=1 << 14), [*budgets, 400_000], [0], dbt.run, reference.run)
+    assert codes[-1] in (S.EXIT_HALT, S.EXIT_BUDGET)
