@@ -6,8 +6,9 @@ It runs the machine in two alternating ways:
 - a *dispatcher* (LLVM IR, compiled once per process) looks the pc up in a direct-mapped translation cache
   keyed by (pc, base) and calls the region's machine code while no interrupt is deliverable;
 - everything else goes to the JIT core's interpreter (``jit.run`` with a budget of one block's length):
-  system instructions, traps, interrupts, blocks that do not fit in the budget or the timer, and every run
-  under the binary-rewriting or paravirtual host flags (F_REWRITE, F_PV).
+  system instructions, traps, interrupts, blocks that do not fit in the budget or the timer, the instruction
+  at which the timer expires under the paravirtual flag (F_PV: the expiry also writes the shared area), and
+  every run under the binary-rewriting flag (F_REWRITE: fetches from a shadow copy, stores mark it).
 
 A *block* is straight-line ALU code, loads and stores, ending at a branch or jump (or before an instruction
 it does not translate, or at ``MAX_BLOCK`` instructions).  A *region* is the blocks reachable from a hot
@@ -514,6 +515,7 @@ def _emit_dispatcher(module: ir.Module) -> None:
     room = b.sub(memsize, base)
     lim = b.select(b.icmp_signed("<", bound, room), bound, room)
     ie = b.icmp_unsigned("!=", b.and_(b.load(slot(S.PSW)), _c64(spec.PSW_IE)), _c64(0))
+    pv = b.icmp_unsigned("!=", b.and_(b.load(slot(S.FLAGS)), _c64(S.F_PV)), _c64(0))
     v_r = var(_c64(0))
     v_timer, v_pend, v_runs = var(b.load(slot(S.TIMER))), var(b.load(slot(S.PENDING))), var(_c64(0))
     loop, out = fn.append_basic_block("loop"), fn.append_basic_block("out")
@@ -534,7 +536,9 @@ def _emit_dispatcher(module: ir.Module) -> None:
     idx = b.and_(b.xor(b.lshr(pc, _c64(2)), b.lshr(base, _c64(2))), _c64(TABLE_MASK))
     go_out_if(b.icmp_unsigned("!=", b.load(b.gep(keys, [idx])), key))
     ticking = b.icmp_unsigned("!=", timer, _c64(0))
-    by_timer = b.add(r, timer)
+    # Under the paravirtual flag the timer's expiry also writes the shared area: the interpreter retires
+    # the instruction that expires it.
+    by_timer = b.sub(b.add(r, timer), b.zext(pv, I64))
     stop = b.select(b.and_(ticking, b.icmp_signed("<", by_timer, budget)), by_timer, budget)
     f = b.inttoptr(b.load(b.gep(fns, [idx])), regionty)
     k = b.call(f, [state, mem, lim, b.sub(stop, r)])
@@ -724,7 +728,7 @@ def _after_dispatch(t: _Translator, state: np.ndarray, mem: np.ndarray) -> int:
 def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
     """Run at most ``budget`` steps of the machine in ``state``/``mem``; return the exit code."""
     global _T
-    if budget <= 0 or int(state[S.FLAGS]) & (S.F_REWRITE | S.F_PV):
+    if budget <= 0 or int(state[S.FLAGS]) & S.F_REWRITE:
         return jit.run(state, mem, budget)
     if not (state.flags.c_contiguous and mem.flags.c_contiguous and state.dtype == np.int64):
         raise ValueError("the state and memory must be contiguous numpy arrays of the core contract")
