@@ -129,7 +129,7 @@ def _trace_step(vm: VM, before: np.ndarray) -> None:
         )
 
 
-def _print_stats(result: RunResult, wall: float) -> None:
+def _print_stats(result: RunResult, wall: float, core: str) -> None:
     st = result.stats
     print(f"--- {st['monitor']}: {result.steps} steps, cycle {st['cycle']}, {wall:.3f} s", file=sys.stderr)
     exits = ", ".join(f"{k} {v}" for k, v in sorted(st["exits"].items(), key=lambda kv: -kv[1])) or "none"
@@ -143,6 +143,10 @@ def _print_stats(result: RunResult, wall: float) -> None:
     extra = {k: v for k, v in st.items() if k not in _BASE_STATS}
     if extra:
         print("    " + ", ".join(f"{k} {v}" for k, v in extra.items()), file=sys.stderr)
+    if core == "dbt":  # translation apart from running: what it cost and how much translated code ran
+        from popek.cores import dbt
+
+        print(f"    translating core: {dbt.stats_line()}", file=sys.stderr)
 
 
 _BASE_STATS = {"monitor", "cycle", "exits", "total_exits", "emulated", "reflected", "injected", "monitor_seconds"}
@@ -219,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     _show_run(args, result, streamed=not args.json)
     if args.stats:
-        _print_stats(result, wall)
+        _print_stats(result, wall, args.core)
     return _exit_status(result)
 
 
@@ -248,7 +252,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     _show_run(args, result, streamed=not args.json)
     if args.stats:
-        _print_stats(result, wall)
+        _print_stats(result, wall, args.core)
     return _exit_status(result)
 
 

@@ -31,6 +31,17 @@ def test_run_json_under_a_monitor_has_exit_statistics(capsys: pytest.CaptureFixt
     assert stats["exits"]["SYSCALL"] == 1001 and stats["total_exits"] == sum(stats["exits"].values())
 
 
+def test_stats_on_the_translating_core_report_translation(capsys: pytest.CaptureFixture) -> None:
+    from popek.cores import dbt
+
+    dbt.reset_stats()
+    assert popek(["run", str(GUESTS / "programs/primes.s"), "-D", "REPEAT=200", "--core", "dbt", "--stats"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "1229\n"
+    line = next(line for line in err.splitlines() if "translating core:" in line)
+    assert dbt.stats().translations >= 1 and f"{dbt.stats().translations} translations" in line
+
+
 def test_step_limit_and_endless_wfi(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert popek(["run", str(GUESTS / "demos/spin.s"), "--max-steps", "1000"]) == 124
     wfi = tmp_path / "wfi.s"
