@@ -7,6 +7,7 @@ hostile driver gets an error code, never a host exception or a write outside its
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ DESC = 16  # bytes per descriptor: addr, len, tag, ctl
 ERR_RING, ERR_BUFFER, ERR_TOO_LONG, ERR_TOO_SMALL = 1, 2, 3, 4
 DEV_NIC, DEV_NIC_URGENT = 1, 2  # device numbers of its two interrupts (badaddr of a DEVICE trap)
 M32 = 0xFFFFFFFF
+_U32 = struct.Struct("<I")  # descriptor words, read and written through the array's buffer: ~5x cheaper than numpy slices
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,10 @@ class Nic:
 
     # --- DMA --------------------------------------------------------------------------------------------
     def _word(self, addr: int) -> int:
-        return int.from_bytes(self.mem[addr : addr + 4].tobytes(), "little")
+        return _U32.unpack_from(self.mem, addr)[0]
 
     def _put(self, addr: int, value: int) -> None:
-        self.mem[addr : addr + 4] = np.frombuffer((value & M32).to_bytes(4, "little"), dtype=np.uint8)
+        _U32.pack_into(self.mem, addr, value & M32)
 
     def _buffer_ok(self, addr: int, length: int) -> bool:
         return addr + length <= len(self.mem)
