@@ -31,7 +31,7 @@ DEFAULT_SLICE = 100_000
 SOLO_SLICE = 4_000_000  # steps a lone VM runs between two looks (about 5 ms on the JIT core)
 TRAP_LOOP_STEPS = 10_000  # a slice of at least this many steps that retired nothing is a trap loop
 DEFAULT_MEMSIZE = 1 << 20
-DEFAULT_CORE = "jit"
+DEFAULT_CORE = os.environ.get("POPEK_CORE") or "jit"  # e.g. POPEK_CORE=dbt runs everything translated
 DEFAULT_MAX_STEPS = 100_000_000
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
