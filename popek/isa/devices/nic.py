@@ -28,7 +28,7 @@ DESC = 16  # bytes per descriptor: addr, len, tag, ctl
 ERR_RING, ERR_BUFFER, ERR_TOO_LONG, ERR_TOO_SMALL = 1, 2, 3, 4
 DEV_NIC, DEV_NIC_URGENT = 1, 2  # device numbers of its two interrupts (badaddr of a DEVICE trap)
 M32 = 0xFFFFFFFF
-_U32 = struct.Struct("<I")  # descriptor words, read and written through the array's buffer: ~5x cheaper than numpy slices
+_U32 = struct.Struct("<I")  # descriptor words, through the array's buffer: ~5x cheaper than numpy slices
 
 
 @dataclass(frozen=True)
