@@ -3,10 +3,12 @@
 Every server runs at once, each in a process of its own on a free loopback port: a plain aiohttp echo handler
 (the cost of HTTP alone, without the guests) and one ``popek serve`` cluster per monitor × policy (two compute
 VMs of the concurrent design and two kv replicas, all under that monitor; an idle cluster costs no processor
-time). The measurements are interleaved: each round runs wrk for a few seconds on the plain echo, then on
-every cluster for every service, the order turned by one place each round, so a machine shared with other work
-slows every figure of a round alike. Each ratio (echo through the stack against the plain echo, pv against
-bare) is taken within one round; the report is the median over the rounds and the spread (lowest, highest).
+time). After a second of warm-up per server and service, the measurements are interleaved in rounds, service by
+service: the plain echo and every cluster's echo, then every cluster's crc32, and so on, the order within a
+service turned by one place each round. So the figures a ratio compares (echo through the stack against the
+plain echo, pv against bare) are taken seconds apart, and a machine shared with other work slows them alike;
+each ratio is taken within one round, and the report is its median over the rounds and its spread (lowest,
+highest).
 benchmarks/serve.lua checks every answer. A second table puts the two server designs side by side: short echo
 requests while a long primes request is always in flight, their p50 and p99.
 
@@ -100,7 +102,7 @@ def spread(values: list[float]) -> dict:
 
 def measure_rounds(monitors: list[str], policies: list[str], services: list[str], rounds: int, duration: float,
                    log: Console) -> tuple[dict, list[dict], dict]:  # fmt: skip
-    """Every server at once; ``rounds`` interleaved passes over plain echo and every cluster × service."""
+    """Every server at once; ``rounds`` interleaved passes over plain echo and every service × cluster."""
     runs: dict[tuple[str, str, str], list[dict]] = {}
     with contextlib.ExitStack() as stack:
         servers = {("-", "-"): stack.enter_context(plain_server())}
@@ -117,13 +119,21 @@ def measure_rounds(monitors: list[str], policies: list[str], services: list[str]
                 raise RuntimeError(f"popek serve {mp} did not start: {s.stderr()[-2000:]}")
             fetch(s.url + "/kv/load", "PUT", b"load-value")
             servers[mp] = s.url
-        jobs = [("echo", "-", "-")] + [(svc, m, p) for m, p in clusters for svc in services]
+        # Service by service, so that the figures a ratio compares are taken seconds apart; within a service the
+        # order turns by one place each round, so no server is always measured first.
+        groups = [[(svc, m, p) for m, p in clusters] for svc in services]
+        if "echo" in services:
+            groups[services.index("echo")].insert(0, ("echo", "-", "-"))
+        # A warm-up second per server and service, not counted: the cores translate the guests' hot code.
+        for service, monitor, policy in (job for group in groups for job in group):
+            wrk(servers[(monitor, policy)], SCRIPT, service, duration=1, threads=THREADS, connections=CONNECTIONS)
         for n in range(rounds):
-            turn = n % len(jobs)
-            for service, monitor, policy in jobs[turn:] + jobs[:turn]:
-                r = wrk(servers[(monitor, policy)], SCRIPT, service, duration=duration, threads=THREADS,
-                        connections=CONNECTIONS)  # fmt: skip
-                runs.setdefault((service, monitor, policy), []).append(r)
+            for group in groups:
+                turn = n % len(group)
+                for service, monitor, policy in group[turn:] + group[:turn]:
+                    r = wrk(servers[(monitor, policy)], SCRIPT, service, duration=duration, threads=THREADS,
+                            connections=CONNECTIONS)  # fmt: skip
+                    runs.setdefault((service, monitor, policy), []).append(r)
             log.print(
                 f"  round {n + 1}: plain echo {runs[('echo', '-', '-')][-1]['rps']:,.0f} req/s; "
                 + ", ".join(
