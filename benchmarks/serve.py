@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -238,10 +239,13 @@ def main() -> None:
         )
     log = Console(stderr=True)
     log.print(f"{args.rounds} rounds of wrk -t{THREADS} -c{CONNECTIONS} for {args.duration:g} s per server and service")
+    load_before = os.getloadavg()[0]  # the machine's other work: it moves every figure of the run
     plain, rows, ratios = measure_rounds(args.monitors.split(","), args.policies.split(","),
                                          args.services.split(","), args.rounds, args.duration, log)  # fmt: skip
     designs = [] if args.no_designs else measure_designs(3.0, log)
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result = {"rounds": args.rounds, "duration_s": args.duration, "threads": THREADS, "connections": CONNECTIONS,
+              "cpus": os.cpu_count(), "load_average": load,
               "plain": plain, "rows": rows, "ratios": ratios, "designs": designs}  # fmt: skip
 
     table = Table(title=f"popek serve under wrk -t{THREADS} -c{CONNECTIONS}: median of {args.rounds} interleaved "
@@ -254,6 +258,7 @@ def main() -> None:
                       f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", str(r["bad"]))  # fmt: skip
     console = Console(width=140)
     console.print(table)
+    console.print(f"{os.cpu_count()} cpus; load average {load[0]} before the run, {load[1]} after")
     for name, r in ratios.items():
         console.print(f"{name:28} median {r['median']:.2f}  (lowest {r['min']:.2f}, highest {r['max']:.2f})")
     for r in designs:
