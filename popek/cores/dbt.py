@@ -585,16 +585,7 @@ class _Translator:
     """The LLVM engine, the dispatcher and the translation cache of this process."""
 
     def __init__(self) -> None:
-        t0 = time.perf_counter()
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
-        target = llvm.Target.from_default_triple()
-        self.tm = target.create_target_machine(opt=3, jit=True)
-        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.tm)
-        module = ir.Module(name="p32_dispatch")
-        _emit_dispatcher(module)
-        self._add(module)
-        self.dispatch = _DISPATCH_TYPE(self.engine.get_function_address("p32_dispatch"))
+        self.dispatch: Callable[..., int] | None = None  # made with the first translation: short runs pay nothing
         self.keys = np.full(1 << TABLE_BITS, NO_KEY, dtype=np.int64)
         self.fns = np.zeros(1 << TABLE_BITS, dtype=np.int64)
         self.counters = np.zeros(2, dtype=np.int64)
@@ -606,6 +597,19 @@ class _Translator:
         self.visits: dict[int, int] = {}  # key -> times the interpreter was called there
         self.lengths: dict[int, int] = {}  # key -> length of the block there, last scanned (how far to interpret)
         self.serial = 0
+
+    def start_engine(self) -> None:
+        """Set up LLVM and compile the dispatcher."""
+        t0 = time.perf_counter()
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        target = llvm.Target.from_default_triple()
+        self.tm = target.create_target_machine(opt=3, jit=True)
+        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.tm)
+        module = ir.Module(name="p32_dispatch")
+        _emit_dispatcher(module)
+        self._add(module)
+        self.dispatch = _DISPATCH_TYPE(self.engine.get_function_address("p32_dispatch"))
         _STATS.setup_seconds += time.perf_counter() - t0
 
     def _add(self, module: ir.Module) -> None:
@@ -619,6 +623,8 @@ class _Translator:
 
     def translate(self, key: int, blocks: dict[int, list[int]]) -> None:
         """Compile the region and put it in the cache."""
+        if self.dispatch is None:
+            self.start_engine()
         t0 = time.perf_counter()
         self.serial += 1
         name = f"p32_region_{self.serial}"
@@ -740,9 +746,10 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
         sp, mp = state.ctypes.data, mem.ctypes.data
         kp, fp, cp, ep = t.keys.ctypes.data, t.fns.ctypes.data, t.counters.ctypes.data, t.env.ctypes.data
         while True:
-            remaining -= t.dispatch(sp, mp, len(mem), kp, fp, cp, remaining, ep)
-            if remaining <= 0:
-                return S.EXIT_BUDGET
+            if t.dispatch is not None:
+                remaining -= t.dispatch(sp, mp, len(mem), kp, fp, cp, remaining, ep)
+                if remaining <= 0:
+                    return S.EXIT_BUDGET
             chunk = _after_dispatch(t, state, mem)
             if chunk == 0:
                 continue
