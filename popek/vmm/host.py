@@ -156,6 +156,13 @@ class Host:
     ) -> list[RunResult]:
         """Run every VM round-robin until all stop, each ran ``max_steps`` more steps or ``timeout`` seconds
         passed; return their results."""
+        self.advance(max_steps, slice_steps, timeout)
+        return [self.result(i) for i in range(len(self.vms))]
+
+    def advance(
+        self, max_steps: int = DEFAULT_MAX_STEPS, slice_steps: int = DEFAULT_SLICE, timeout: float | None = None
+    ) -> None:
+        """``run`` without building the results: for a caller that runs a VM in many short slices (a server)."""
         solo = len(self.vms) == 1  # nobody to share the machine with: slices grow, to look early and then rarely
         deadline = None if timeout is None else time.monotonic() + timeout
         self.steps = [0] * len(self.vms)  # steps of this call: a later call may run each VM as far again
@@ -184,7 +191,6 @@ class Host:
             if deadline is not None and time.monotonic() > deadline:
                 self.timed_out = True
                 break
-        return [self.result(i) for i in range(len(self.vms))]
 
     def vm(self, which: int | str) -> VM:
         """A VM by index or by name."""

@@ -69,8 +69,7 @@ def time_now() -> float:
 
 def _run_for(host: Host, steps: int) -> None:
     """Run the host's one VM for at most ``steps`` more guest steps (or until it waits, halts or fails)."""
-    host.steps[0] = 0  # the step limit of Host.run counts from here
-    host.run(steps)
+    host.advance(steps)  # the step limit counts from here
 
 
 @dataclass(eq=False)
