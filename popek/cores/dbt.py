@@ -15,25 +15,28 @@ it does not translate, or at ``MAX_BLOCK`` instructions).  A *region* is the blo
 entry through direct branches and jumps and that have already run (at most ``MAX_REGION`` instructions),
 compiled as one function: a branch between two of its blocks is a jump in machine code, the guest's registers
 stay in machine registers across them, and a loop of guest code becomes a loop of machine code.  ``jalr``
-jumps inside the region when its target is one of the region's blocks, and the dispatcher may enter a region
-at any of its blocks (a budget that ends inside a loop resumes in translated code).  A region is translated
-once ``HOT`` steps were interpreted from its entry (pc, base), so a short run interprets and pays nothing for
-translation.
+jumps inside the region when its target is one of its entries, and the dispatcher may enter a region at its
+first block, its loop heads and the return sites of its calls (a budget that ends inside a loop resumes in
+translated code).  A region is translated once ``HOT`` steps were interpreted from its entry (pc, base), or
+the interpreter was called there ``HOT_VISITS`` times, so a short run interprets and pays nothing for
+translation; LLVM itself is set up with the first translation.
 
 Exactness:
 
-- *budget and timer*: the dispatcher gives a region a stop (the budget, or the step at which the timer
-  expires if that is sooner) and a block runs only when it fits whole before it; otherwise the region
-  returns and the interpreter steps through the block, so the timer interrupt comes at exactly the same
-  instruction as on the other cores.  ``cycle``, ``steps`` and ``timer`` are updated as retirement would;
+- *budget and timer*: the dispatcher gives a region its fuel (steps to the budget, or to the timer's expiry
+  if that is sooner).  At its entries and loop heads the region checks that the fuel covers the longest path
+  to the next check (``fuel_plan``), so a block runs only when it fits whole; otherwise the region returns and
+  the interpreter steps on, so the timer interrupt comes at exactly the same instruction as on the other
+  cores.  ``cycle``, ``steps`` and ``timer`` are updated as retirement would;
 - *traps*: a load, store or division that would trap ends the region just before that instruction with its
   effects up to there, and the interpreter then raises the trap with the exact epc and badaddr;
 - *the code itself*: a region holds the words it was translated from and compares them with memory the first
   time it runs in each *epoch*.  The epoch advances whenever the dispatcher is entered (the interpreter, the
   host or a fresh load may have written anything since) and whenever translated code stores into a granule
-  of memory that holds translated code (a map of ``GRANULE``-byte granules, set when a region is
+  of memory that holds translated code (a map of 256-byte granules, set when a region is
   translated).  Such a store into the running region's own span ends the region right after the store.  A
-  region that finds its words changed does not run; its translation is dropped and made again once hot;
+  region that finds its words changed does not run; its translation is set aside (and installed again if
+  the same code comes back) and a new one made once hot;
 - *relocation*: the cache is keyed by (pc, base), and a region runs only when all its words lie inside the
   window that base and bound give.
 
