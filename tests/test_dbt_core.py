@@ -148,6 +148,29 @@ def test_budgets_that_end_inside_translated_loops(budgets: list[int]) -> None:
     differential_run(m, [*budgets, 1 << 30], [0], dbt.run, reference.run)
 
 
+def test_a_guest_that_rewrites_its_code_forever_stops_being_translated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the process's translation limit the core interprets, still exactly."""
+    patch = int.from_bytes(asm("addi r1, r1, 100"), "little")
+    image = asm(
+        f"""
+                addi    r2, r0, 40
+        top:
+        patched:
+                addi    r1, r1, 1
+                li      r3, {patch:#x}
+                add     r3, r3, r2              # a different word every pass
+                st      r3, patched(r0)
+                addi    r2, r2, -1
+                bne     r2, r0, top
+                halt
+        """
+    )
+    monkeypatch.setattr(dbt, "MAX_TRANSLATIONS", 0)  # as if this process had translated its fill already
+    dbt.reset_stats()
+    assert _both(_machine(image), [100_000]) == [S.EXIT_HALT]
+    assert dbt.stats().translations == 0 and dbt.stats().refused > 0
+
+
 def test_byte_store_into_the_next_instruction() -> None:
     image = asm(
         """

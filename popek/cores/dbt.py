@@ -70,6 +70,9 @@ HOT_VISITS = 500  # or interpreted this many times (each time costs a round trip
 MAX_BLOCK = 64  # instructions in one block at most
 MAX_REGION = 512  # instructions in one region at most
 ASIDE = 4  # dropped translations kept per entry, for code that comes back
+MAX_PROFILED = 1 << 20  # (pc, base) pairs whose interpretation is counted at once
+MAX_TRANSLATIONS = 4096  # per process: then it only interprets (compiled code is never freed, and a guest that
+# rewrites its code forever would otherwise grow the host without bound)
 TABLE_BITS = 14
 TABLE_MASK = (1 << TABLE_BITS) - 1
 NO_KEY = -1  # an empty slot: no (pc, base) key is negative (pc and base are 32-bit)
@@ -116,6 +119,7 @@ class Stats:
     reinserts: int = 0  # translations found again after another region took their cache slot
     invalidations: int = 0  # translations dropped because memory under them changed
     reinstated: int = 0  # dropped translations installed again when memory held their code again
+    refused: int = 0  # translations not made: the process reached MAX_TRANSLATIONS
     block_runs: int = 0  # regions entered by the dispatcher (translation cache hits)
     block_insns: int = 0  # instructions retired in translated code
     interpreted_insns: int = 0  # steps the interpreter ran for this core
@@ -719,6 +723,9 @@ def _after_dispatch(t: _Translator, state: np.ndarray, mem: np.ndarray) -> int:
         t.install(again, base)
         _STATS.reinstated += 1
         return 0
+    if len(t.heat) > MAX_PROFILED:  # a guest that wanders over endless (pc, base) pairs: start counting afresh
+        for counts in (t.heat, t.visits, t.lengths):
+            counts.clear()
     lim = min(int(state[S.BOUND]) & M32, len(mem) - base)
     length = t.lengths.get(key)
     if length is None:
@@ -726,6 +733,9 @@ def _after_dispatch(t: _Translator, state: np.ndarray, mem: np.ndarray) -> int:
     t.heat[key] = heat = t.heat.get(key, 0) + length
     t.visits[key] = visits = t.visits.get(key, 0) + 1
     if heat >= HOT or visits >= HOT_VISITS:
+        if t.serial >= MAX_TRANSLATIONS:
+            _STATS.refused += 1
+            return length
         blocks = find_region(mem, base, lim, pc, lambda at: (at | base << 32) in t.heat)
         if blocks:
             t.translate(key, blocks)
