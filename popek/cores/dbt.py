@@ -71,8 +71,9 @@ MAX_BLOCK = 64  # instructions in one block at most
 MAX_REGION = 512  # instructions in one region at most
 ASIDE = 4  # dropped translations kept per entry, for code that comes back
 MAX_PROFILED = 1 << 20  # (pc, base) pairs whose interpretation is counted at once
-MAX_TRANSLATIONS = 4096  # per process: then it only interprets (compiled code is never freed, and a guest that
-# rewrites its code forever would otherwise grow the host without bound)
+# Translations per process (~150 KiB each, never freed); past them it only interprets, so a guest that rewrites
+# its code forever cannot grow the host without bound.
+MAX_TRANSLATIONS = 1024
 TABLE_BITS = 14
 TABLE_MASK = (1 << TABLE_BITS) - 1
 NO_KEY = -1  # an empty slot: no (pc, base) key is negative (pc and base are 32-bit)
@@ -119,7 +120,7 @@ class Stats:
     reinserts: int = 0  # translations found again after another region took their cache slot
     invalidations: int = 0  # translations dropped because memory under them changed
     reinstated: int = 0  # dropped translations installed again when memory held their code again
-    refused: int = 0  # translations not made: the process reached MAX_TRANSLATIONS
+    refused: int = 0  # translations not made: the process has made MAX_TRANSLATIONS
     block_runs: int = 0  # regions entered by the dispatcher (translation cache hits)
     block_insns: int = 0  # instructions retired in translated code
     interpreted_insns: int = 0  # steps the interpreter ran for this core
