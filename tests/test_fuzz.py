@@ -11,7 +11,7 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from popek.cores import CoreUnavailable, get_core
+from popek.cores import CoreUnavailable, dbt, get_core
 from popek.vmm.host import GuestSpec, Host
 from popek.vmm.monitors import MONITORS
 
@@ -40,6 +40,30 @@ def test_random_images_never_raise_on_the_host(
 ) -> None:
     if not _available(core):
         core = "jit"
+    _fuzz(image, monitor, profile, core, memsize)
+
+
+# The translating core takes the monitors' Python exit path, ~100x slower on exit-bound random code: fewer images.
+@settings(max_examples=max(50, EXAMPLES // 10), deadline=None, suppress_health_check=list(HealthCheck),
+          derandomize=EXAMPLES <= 2000)  # fmt: skip
+@given(
+    image=st.binary(max_size=1024),
+    monitor=st.sampled_from(sorted(MONITORS)),
+    profile=st.sampled_from(["classic", "x86like"]),
+    memsize=st.sampled_from([4096, 16384]),
+)
+def test_random_images_never_raise_on_the_translating_core(
+    image: bytes, monitor: str, profile: str, memsize: int
+) -> None:
+    hot, dbt.HOT = dbt.HOT, 64  # translate after a few steps, so random code reaches translated regions
+    try:
+        _fuzz(image, monitor, profile, "dbt", memsize)
+    finally:
+        dbt.HOT = hot
+
+
+def _fuzz(image: bytes, monitor: str, profile: str, core: str, memsize: int) -> None:
+    """Run a random image and check the host's result is one of the documented exits."""
     host = Host([GuestSpec("fuzz", image, monitor, profile, memsize)], core)
     result = host.run(max_steps=3000)[0]
     assert result.exit in EXITS and 0 <= result.steps and len(result.regs) == 16

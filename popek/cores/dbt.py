@@ -599,6 +599,7 @@ class _Translator:
         self.counters = np.zeros(2, dtype=np.int64)
         self.code_map = np.zeros(1 << MAP_BITS, dtype=np.uint8)
         self.env = np.array([0, self.code_map.ctypes.data, 0, 0], dtype=np.int64)
+        self.addresses = tuple(a.ctypes.data for a in (self.keys, self.fns, self.counters, self.env))
         self.aside: dict[int, list[_Translation]] = {}  # key -> translations dropped there, newest first
         self.regions: dict[int, _Translation] = {}  # key -> the region entered there (at any of its blocks)
         self.heat: dict[int, int] = {}  # key -> steps interpreted from there
@@ -720,10 +721,6 @@ def _after_dispatch(t: _Translator, state: np.ndarray, mem: np.ndarray) -> int:
             return 0
         else:
             return len(region.blocks[pc])  # it may not run now (budget, timer, interrupt, a trap, the window)
-    if region is None and (again := t.find_aside(key, mem)) is not None:
-        t.install(again, base)
-        _STATS.reinstated += 1
-        return 0
     if len(t.heat) > MAX_PROFILED:  # a guest that wanders over endless (pc, base) pairs: start counting afresh
         for counts in (t.heat, t.visits, t.lengths):
             counts.clear()
@@ -734,6 +731,11 @@ def _after_dispatch(t: _Translator, state: np.ndarray, mem: np.ndarray) -> int:
     t.heat[key] = heat = t.heat.get(key, 0) + length
     t.visits[key] = visits = t.visits.get(key, 0) + 1
     if heat >= HOT or visits >= HOT_VISITS:
+        again = t.find_aside(key, mem)  # the same code back (a program loaded again): no need to compile it
+        if again is not None:
+            t.install(again, base)
+            _STATS.reinstated += 1
+            return 0
         if t.serial >= MAX_TRANSLATIONS:
             _STATS.refused += 1
             return length
@@ -758,9 +760,10 @@ def run(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
         t = _T
         remaining = int(budget)
         sp, mp = state.ctypes.data, mem.ctypes.data
-        kp, fp, cp, ep = t.keys.ctypes.data, t.fns.ctypes.data, t.counters.ctypes.data, t.env.ctypes.data
+        kp, fp, cp, ep = t.addresses
         while True:
-            if t.dispatch is not None:
+            key = state.item(S.PC) & M32 | (state.item(S.BASE) & M32) << 32
+            if t.dispatch is not None and t.keys.item(_index(key)) == key:  # else the dispatcher would miss at once
                 remaining -= t.dispatch(sp, mp, len(mem), kp, fp, cp, remaining, ep)
                 if remaining <= 0:
                     return S.EXIT_BUDGET
