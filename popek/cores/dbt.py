@@ -181,8 +181,8 @@ def _jumps(pc: int, words: list[int]) -> list[int]:
 
 def _successors(pc: int, words: list[int]) -> list[int]:
     """The pcs a block may go on to that are known before it runs: its jumps, and the return site of a call."""
-    end = pc + 4 * len(words)
-    return [*_jumps(pc, words), *([end] if end not in _jumps(pc, words) else [])]
+    jumps, end = _jumps(pc, words), pc + 4 * len(words)
+    return jumps if end in jumps else [*jumps, end]
 
 
 def find_region(
