@@ -84,16 +84,9 @@ MAP_BITS = 33 - GRANULE_BITS  # one entry per granule of the 2**33 bytes that ba
 ENV_EPOCH, ENV_MAP, ENV_LO, ENV_SPAN = 0, 1, 2, 3
 FUEL_CHECK_SPAN = 64  # at most this many instructions between two checks of a region's fuel
 
-# The ALU operations, as the JIT core's fast loop emits them: R-format by mnemonic, I-format as (operation, mask).
-_ALU_R, _ALU_I = threaded.ALU, threaded.ALU_IMM
-_BRANCH = {
-    "beq": ("==", False),
-    "bne": ("!=", False),
-    "blt": ("<", True),
-    "bge": (">=", True),
-    "bltu": ("<", False),
-    "bgeu": (">=", False),
-}
+# The ALU operations and branch conditions, as the JIT core's fast loop emits them: R-format by mnemonic,
+# I-format as (operation, mask).
+_ALU_R, _ALU_I, _BRANCH = threaded.ALU, threaded.ALU_IMM, threaded.BRANCH
 _DIV = ("div", "divu", "rem", "remu")
 _LOADS = {"ld": 4, "ldb": 1, "ldbu": 1}
 _STORES = {"st": 4, "stb": 1}
@@ -154,10 +147,7 @@ def scan_block(mem: np.ndarray, phys: int, limit: int) -> list[int]:
     ``limit`` is how many words may be fetched there (the relocation window).
     """
     words: list[int] = []
-    n = min(MAX_BLOCK, limit, (len(mem) - phys) // 4)
-    for i in range(max(n, 0)):
-        at = phys + 4 * i
-        w = int(mem[at]) | int(mem[at + 1]) << 8 | int(mem[at + 2]) << 16 | int(mem[at + 3]) << 24
+    for w in _words_at(mem, phys, max(min(MAX_BLOCK, limit, (len(mem) - phys) // 4), 0)) or []:
         d = spec.decode(w)
         if d is None or d.insn.mnemonic not in _TRANSLATED:
             break
@@ -177,6 +167,12 @@ def _jumps(pc: int, words: list[int]) -> list[int]:
     if m == "jal":
         return [(last + 4 * spec.sext(words[-1] & 0xFFFFF, 20)) & M32]
     return [] if m == "jalr" else [end]
+
+
+def _is_call(word: int) -> bool:
+    """``jal`` that links (a call, whose return comes back to the next word), not a plain jump."""
+    d = spec.decode(word)
+    return d is not None and d.insn.mnemonic == "jal" and d.a != 0
 
 
 def _successors(pc: int, words: list[int]) -> list[int]:
@@ -310,7 +306,7 @@ class _Region:
         # Where the region may be entered from outside (the dispatcher, a jalr), its fuel checked there first:
         # its first block, the loop heads, and the return sites of its calls.  No other block, so that a block
         # entered from two places inside stays a join that LLVM can turn into selects.
-        calls = [pc + 4 * len(w) for pc, w in blocks.items() if spec.decode(w[-1]).insn.mnemonic == "jal"]
+        calls = [pc + 4 * len(w) for pc, w in blocks.items() if _is_call(w[-1])]
         starts = [next(iter(blocks)), *sorted(self.heads), *calls]
         self.entries = {pc: self.fn.append_basic_block(f"enter_{pc:x}") for pc in dict.fromkeys(starts) if pc in blocks}
         self.exit = self.fn.append_basic_block("exit")
@@ -324,12 +320,15 @@ class _Region:
         if i:
             self.b.store(v, self.regs[i])
 
+    def spend(self, k: int) -> None:
+        """``k`` more instructions retired: take them from the fuel."""
+        self.b.store(self.b.sub(self.b.load(self.v_fuel), _c64(k)), self.v_fuel)
+
     def leave(self, k: int, pc: ir.Value) -> None:
         """Leave the region with ``k`` more instructions of the current block retired and ``pc`` next."""
-        b = self.b
-        b.store(b.sub(b.load(self.v_fuel), _c64(k)), self.v_fuel)
-        b.store(pc, self.v_pc)
-        b.branch(self.exit)
+        self.spend(k)
+        self.b.store(pc, self.v_pc)
+        self.b.branch(self.exit)
 
     def leave_if(self, cond: ir.Value, k: int, pc: int) -> None:
         with self.b.if_then(cond, likely=False):
@@ -341,12 +340,12 @@ class _Region:
         if isinstance(pc, int):
             pc &= M32
             if pc in self.labels:
-                b.store(b.sub(b.load(self.v_fuel), _c64(k)), self.v_fuel)
+                self.spend(k)
                 b.branch(self.labels[pc])
             else:
                 self.leave(k, _c32(pc))
             return
-        b.store(b.sub(b.load(self.v_fuel), _c64(k)), self.v_fuel)
+        self.spend(k)
         b.store(pc, self.v_pc)
         sw = b.switch(pc, self.exit)
         for target, label in self.entries.items():
@@ -452,9 +451,7 @@ class _Region:
             elif m in _STORES:
                 self.emit_store(i, pc, w, d, _STORES[m])
             elif m in _BRANCH:
-                op, signed = _BRANCH[m]
-                x, y = self.reg(d.a), self.reg(d.b)
-                taken = b.icmp_signed(op, x, y) if signed else b.icmp_unsigned(op, x, y)
+                taken = _BRANCH[m](b, self.reg(d.a), self.reg(d.b))
                 yes, no = self.fn.append_basic_block(), self.fn.append_basic_block()
                 b.cbranch(taken, yes, no)
                 b.position_at_end(yes)

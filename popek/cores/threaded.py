@@ -72,7 +72,8 @@ ALU_IMM = {
     "slti": ("slt", None),
     "sltiu": ("sltu", None),
 }
-_BRANCH: dict[str, Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]] = {
+# Conditional branches: whether one is taken, from the two registers it compares.
+BRANCH: dict[str, Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]] = {
     "beq": lambda b, x, y: b.icmp_unsigned("==", x, y),
     "bne": lambda b, x, y: b.icmp_unsigned("!=", x, y),
     "blt": lambda b, x, y: b.icmp_signed("<", x, y),
@@ -267,7 +268,7 @@ class _Loop:
                     self.mark_shadow(b.add(offset, _c64(3)))
             self.retire(b.add(pc, _c32(4)))
 
-        for name, cond in _BRANCH.items():
+        for name, cond in BRANCH.items():
             w, pc = self.handler(name)
             taken = cond(b, self.reg(self.field(w, 20)), self.reg(self.field(w, 16)))
             offset = b.select(taken, b.shl(self.simm(w), _c32(2)), _c32(4))
