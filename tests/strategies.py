@@ -9,13 +9,15 @@ random relocation window, trap vector, timer, pending interrupts, host flags and
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from hypothesis import strategies as st
 
+from popek.cores import dbt
 from popek.isa import spec
 from popek.isa import state as S
 from popek.isa.asm import assemble
@@ -409,3 +411,14 @@ def slot_name(i: int) -> str:
     if S.PROFILE <= i < S.PROFILE + len(spec.PROFILE_KEYS):
         return "profile." + spec.PROFILE_KEYS[i - S.PROFILE]
     return names.get(i, f"slot{i}")
+
+
+@contextlib.contextmanager
+def translating_after(steps: int) -> Iterator[None]:
+    """The translating core translates code once ``steps`` were interpreted from it, so short runs reach
+    translated code."""
+    hot, dbt.HOT = dbt.HOT, steps
+    try:
+        yield
+    finally:
+        dbt.HOT = hot

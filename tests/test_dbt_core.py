@@ -15,7 +15,7 @@ from popek.isa import spec
 from popek.isa import state as S
 from popek.isa.asm import assemble_file
 from popek.vmm.host import Machine as HostMachine
-from tests.strategies import BUDGETS, Machine, asm, differential_run, machines, sieve_program
+from tests.strategies import BUDGETS, Machine, asm, differential_run, machines, sieve_program, translating_after
 from tests.test_jit_core import _machine
 
 M32 = 0xFFFFFFFF
@@ -25,11 +25,9 @@ GUESTS = Path(__file__).resolve().parent.parent / "guests"
 
 @pytest.fixture(autouse=True)
 def translate_at_once() -> Iterator[None]:
-    """Translate a block the first time it is reached, so short runs exercise translated code."""
-    hot = dbt.HOT
-    dbt.HOT = 1
-    yield
-    dbt.HOT = hot
+    """Translate code the first time it is reached, so short runs exercise translated code."""
+    with translating_after(1):
+        yield
 
 
 def _both(m: Machine, budgets: list[int]) -> list[int]:

@@ -11,9 +11,10 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from popek.cores import CoreUnavailable, dbt, get_core
+from popek.cores import CoreUnavailable, get_core
 from popek.vmm.host import GuestSpec, Host
 from popek.vmm.monitors import MONITORS
+from tests.strategies import translating_after
 
 EXAMPLES = int(os.environ.get("POPEK_FUZZ", "2000"))
 EXITS = {"halt", "limit", "idle", "trap-loop", "error"}
@@ -55,11 +56,8 @@ def test_random_images_never_raise_on_the_host(
 def test_random_images_never_raise_on_the_translating_core(
     image: bytes, monitor: str, profile: str, memsize: int
 ) -> None:
-    hot, dbt.HOT = dbt.HOT, 64  # translate after a few steps, so random code reaches translated regions
-    try:
+    with translating_after(64):  # a few steps, so random code reaches translated regions
         _fuzz(image, monitor, profile, "dbt", memsize)
-    finally:
-        dbt.HOT = hot
 
 
 def _fuzz(image: bytes, monitor: str, profile: str, core: str, memsize: int) -> None:

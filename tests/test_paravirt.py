@@ -32,7 +32,16 @@ from popek.isa.spec import ILLEGAL, MEM_FAULT, PSW_IE, PSW_S, SYSCALL, TIMER_IRQ
 from popek.vmm.host import GuestSpec, Host
 from popek.vmm.host import Machine as BareMachine
 from popek.vmm.monitors import paravirt as pv
-from tests.strategies import BUDGETS, Machine, assert_same, differential_run, instruction_words, load, machines
+from tests.strategies import (
+    BUDGETS,
+    Machine,
+    assert_same,
+    differential_run,
+    instruction_words,
+    load,
+    machines,
+    translating_after,
+)
 from tests.test_monitors import GUEST_FILES, assert_equivalent, bare_run, vm_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,11 +53,8 @@ M32 = S.MASK32
 
 def dbt_at_once(state: np.ndarray, mem: np.ndarray, budget: int) -> int:
     """The translating core, translating code the first time it is reached (short runs exercise translations)."""
-    hot, dbt.HOT = dbt.HOT, 1
-    try:
+    with translating_after(1):
         return dbt.run(state, mem, budget)
-    finally:
-        dbt.HOT = hot
 
 
 CORES = [("jit", jit.run), ("dbt", dbt_at_once)] + ([("c", c_core.run)] if c_core.available() else [])
