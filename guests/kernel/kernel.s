@@ -10,6 +10,7 @@
 .else
     .include "hal_native.s"
 .endif
+    .include "frame.s"
 
 .equ NTASKS,        3
 .equ QUANTUM,       500             # instructions per time slice (one timer tick)
@@ -90,20 +91,7 @@ trap_entry:
     HAL_SCRATCH_SAVE r15
     la r15, current
     ld r15, 0(r15)                  # r15: the TCB of the task that trapped
-    st r1, 4(r15)
-    st r2, 8(r15)
-    st r3, 12(r15)
-    st r4, 16(r15)
-    st r5, 20(r15)
-    st r6, 24(r15)
-    st r7, 28(r15)
-    st r8, 32(r15)
-    st r9, 36(r15)
-    st r10, 40(r15)
-    st r11, 44(r15)
-    st r12, 48(r15)
-    st r13, 52(r15)
-    st r14, 56(r15)
+    FRAME_SAVE_R1_R14 r15
     HAL_SCRATCH_LOAD r1
     st r1, 60(r15)
     HAL_GET_EPC r1
@@ -282,19 +270,7 @@ resume:                             # return to task r13
     li r4, USER_PSW
     HAL_SET_EPSW r4
     mov r15, r13
-    ld r1, 4(r15)
-    ld r2, 8(r15)
-    ld r3, 12(r15)
-    ld r4, 16(r15)
-    ld r5, 20(r15)
-    ld r6, 24(r15)
-    ld r7, 28(r15)
-    ld r8, 32(r15)
-    ld r9, 36(r15)
-    ld r10, 40(r15)
-    ld r11, 44(r15)
-    ld r12, 48(r15)
-    ld r13, 52(r15)
+    FRAME_LOAD_R1_R13 r15
     ld r14, 56(r15)
     ld r15, 60(r15)
     HAL_ENTER_USER

@@ -11,6 +11,7 @@
 .else
         .include "../kernel/hal_native.s"
 .endif
+        .include "../kernel/frame.s"
         .ifndef COUNT
         .equ    COUNT, 100                      # pairs of calls
         .endif
@@ -42,20 +43,7 @@
 # --- the trap entry: save the caller's registers and trap state, then dispatch ------------------------------
 entry:  HAL_SCRATCH_SAVE r15
         la      r15, frame
-        st      r1, 4(r15)
-        st      r2, 8(r15)
-        st      r3, 12(r15)
-        st      r4, 16(r15)
-        st      r5, 20(r15)
-        st      r6, 24(r15)
-        st      r7, 28(r15)
-        st      r8, 32(r15)
-        st      r9, 36(r15)
-        st      r10, 40(r15)
-        st      r11, 44(r15)
-        st      r12, 48(r15)
-        st      r13, 52(r15)
-        st      r14, 56(r15)
+        FRAME_SAVE_R1_R14 r15
         HAL_SCRATCH_LOAD r1
         st      r1, 60(r15)
         HAL_GET_EPC r1
@@ -88,19 +76,7 @@ return: la      r4, pending                     # work to do before returning (n
         ld      r4, 64(r15)
         addi    r4, r4, 4                       # after the syscall instruction
         HAL_SET_EPC r4
-        ld      r1, 4(r15)
-        ld      r2, 8(r15)
-        ld      r3, 12(r15)
-        ld      r4, 16(r15)
-        ld      r5, 20(r15)
-        ld      r6, 24(r15)
-        ld      r7, 28(r15)
-        ld      r8, 32(r15)
-        ld      r9, 36(r15)
-        ld      r10, 40(r15)
-        ld      r11, 44(r15)
-        ld      r12, 48(r15)
-        ld      r13, 52(r15)
+        FRAME_LOAD_R1_R13 r15
         ld      r14, 56(r15)
         ld      r15, 60(r15)
         HAL_ENTER_USER

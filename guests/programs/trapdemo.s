@@ -6,6 +6,7 @@
 # its registers and exits with a system call; the kernel then halts with the status the user asked for.
 # The handler saves every user register (scratch frees the first one) and restores them before iret.
 
+        .include "../kernel/frame.s"    # the layout of the saved registers
 .equ USER_BASE,     0x4000          # physical address of the user region
 .equ USER_BOUND,    0x1000          # its size: user addresses 0 .. 0xFFF
 .equ BAD_ADDR,      0x5000          # a user address beyond the bound
@@ -141,19 +142,7 @@ skip:
         addi    r12, r12, 4             # resume after the trapping instruction
         mtcr    epc, r12
         la      r15, saved              # restore the user's registers and return
-        ld      r1, 4(r15)
-        ld      r2, 8(r15)
-        ld      r3, 12(r15)
-        ld      r4, 16(r15)
-        ld      r5, 20(r15)
-        ld      r6, 24(r15)
-        ld      r7, 28(r15)
-        ld      r8, 32(r15)
-        ld      r9, 36(r15)
-        ld      r10, 40(r15)
-        ld      r11, 44(r15)
-        ld      r12, 48(r15)
-        ld      r13, 52(r15)
+        FRAME_LOAD_R1_R13 r15
         ld      r14, 56(r15)
         ld      r15, 60(r15)
         iret

@@ -12,6 +12,7 @@
 # them without a free register, which the trap entry and exit do not have.
 
 .equ VMM_SIZE,      0x10000         # the monitor's own memory; the guests' regions follow it
+.include "../kernel/frame.s"         # the layout of a saved register frame
 .equ MAX_GUESTS,    4
 .equ QUANTUM,       20000           # guest instructions per time slice
 .equ LINE_MAX,      200             # a guest's console line is shown when it ends or reaches this length
@@ -146,20 +147,7 @@ vmm_trap:
     mfcr r15, cycle
     st r15, g_entry(r0)
     ld r15, g_cur(r0)
-    st r1, 4(r15)
-    st r2, 8(r15)
-    st r3, 12(r15)
-    st r4, 16(r15)
-    st r5, 20(r15)
-    st r6, 24(r15)
-    st r7, 28(r15)
-    st r8, 32(r15)
-    st r9, 36(r15)
-    st r10, 40(r15)
-    st r11, 44(r15)
-    st r12, 48(r15)
-    st r13, 52(r15)
-    st r14, 56(r15)
+    FRAME_SAVE_R1_R14 r15
     mfcr r1, scratch
     st r1, 60(r15)
     mov r13, r15
@@ -279,19 +267,7 @@ resume:
     st r1, g_r15(r0)
     st r13, g_cur(r0)
     mov r15, r13
-    ld r1, 4(r15)
-    ld r2, 8(r15)
-    ld r3, 12(r15)
-    ld r4, 16(r15)
-    ld r5, 20(r15)
-    ld r6, 24(r15)
-    ld r7, 28(r15)
-    ld r8, 32(r15)
-    ld r9, 36(r15)
-    ld r10, 40(r15)
-    ld r11, 44(r15)
-    ld r12, 48(r15)
-    ld r13, 52(r15)
+    FRAME_LOAD_R1_R13 r15
     ld r14, g_arm(r0)
     mtcr timer, r14                 # EXIT_TICKS instructions follow, up to the iret: they count first
     mfcr r14, cycle
