@@ -180,7 +180,7 @@ def pv_sync_ie(state: np.ndarray, mem: np.ndarray) -> None:
 
 
 @_compiled
-def _pv_expired(state, mem):
+def pv_expired(state: np.ndarray, mem: np.ndarray) -> None:
     """The timer just reached zero: set the shared pending word and sample the mask."""
     pv_put(state, mem, SH_PENDING, 1)
     pv_sync_ie(state, mem)
@@ -366,7 +366,7 @@ def _run(state, mem, budget, out, nout):
             state[PENDING] |= 1
             tact = False
             if pv:  # paravirtual support
-                _pv_expired(state, mem)
+                pv_expired(state, mem)
         if r >= lim_steps:
             _leave(state, pc, r, r_mark, traps, skip, cyc0, tact, tdead)
             return EXIT_BUDGET, nout
@@ -501,7 +501,7 @@ def _run(state, mem, budget, out, nout):
         elif op == OP_HALT:  # retires, then leaves
             state[STATUS] = state[1] & 0xFF
             if pv and tact and r + 1 == tdead:  # paravirtual support: its retirement expires the timer
-                _pv_expired(state, mem)
+                pv_expired(state, mem)
             _leave(state, npc & M32, r + 1, r_mark, traps, skip, cyc0, tact, tdead)
             return EXIT_HALT, nout
         elif op == OP_WFI:
@@ -513,7 +513,7 @@ def _run(state, mem, budget, out, nout):
                 tact = False
                 state[PENDING] |= 1
                 if pv:  # paravirtual support
-                    _pv_expired(state, mem)
+                    pv_expired(state, mem)
         elif op == OP_IN or op == OP_OUT:  # the host performs them and retires them
             state[IO_PORT] = w & 0xFFFF
             state[IO_WRITE] = 1 if op == OP_OUT else 0

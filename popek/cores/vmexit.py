@@ -313,8 +313,7 @@ def _pv_retire(r, host_mem):
         r[TIMER] -= 1
         if r[TIMER] == 0:
             r[PENDING] |= PEND_TIMER
-            jit.pv_put(r, host_mem, SH_PENDING, 1)
-            jit.pv_sync_ie(r, host_mem)
+            jit.pv_expired(r, host_mem)
 
 
 @_compiled
