@@ -1,43 +1,43 @@
-"""The VMs of ``popek serve`` and their threads: one thread per VM drives its own ``Host`` of one guest.
+"""The VMs of ``popek serve``, each in a process of its own, as the front-end's asyncio loop sees them.
 
-Each VM is a Host of one, owned by its thread alone (the card, the monitor and the memory are not shared, so
-they need no lock). The core runs without the GIL (the JIT core is ``nogil``, the C core's cffi calls release
-it), so two VMs execute guest code on two processor cores at once. The asyncio loop talks to a thread only
-through its operation queue, and the thread answers through ``loop.call_soon_threadsafe`` on futures. A thread
-whose guest waits for the card with nothing queued blocks on its queue: an idle VM costs nothing.
+Each VM runs in its own process (``popek/vmm/serve/vmproc.py``), started from a fork server: a clean process
+that imported popek once, so a VM starts in milliseconds plus its boot. The loop talks to a VM process over a
+socket pair through ``VMProcess`` (an asyncio protocol): the operations of one turn of the loop go out in one
+frame, and the events of one guest slice (its replies) come back in one. No thread of the front-end runs guest
+code or shares a lock with it, so the front-end parses HTTP on one processor core while the guests run on the
+others, and a VM process that dies (a crash, ``kill -9``) fails its requests over to the other replicas.
 
-``Replica`` is the loop's side of a VM (its state, load and counters; touched by the loop thread only, except
-``exits`` which the VM thread writes); ``Worker`` is the thread.
+``Replica`` is the loop's side of a VM: its state, load and counters, and its process while it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import math
-import queue
+import multiprocessing
+import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
 from popek import guests
-from popek.isa import state as S
-from popek.vmm import migration, snapshot
-from popek.vmm.host import GuestSpec, Host
+from popek.vmm.host import GuestSpec
+from popek.vmm.serve import vmproc
 from popek.vmm.serve.config import DESIGNS, ServeConfig, VMSpec
-from popek.vmm.serve.services import NAMES_PORT, SERVICES, services_mask
+from popek.vmm.serve.services import SERVICES, services_mask
+from popek.vmm.serve.vmproc import Frames, ReplicaDown, Settings, frame
 
 log = logging.getLogger("popek.serve")
 
 BOOTING, RUNNING, STOPPED, CRASHED = "booting", "running", "stopped", "crashed"
 CANCEL_PATIENCE = 5.0  # seconds a cancel keeps asking a guest that does not know the request yet
-DRAIN_WAIT = 5.0  # seconds a migrating VM may take to answer what it holds before its last copy
-
-
-class ReplicaDown(Exception):
-    """The VM stopped or crashed before it answered (the request may be retried elsewhere if idempotent)."""
+END_WAIT = 10.0  # seconds a VM process may take to end once told to
+_ids = itertools.count(1)  # of operations, unique in the front-end
+_starting = threading.Lock()  # one process start at a time through the fork server
 
 
 @cache
@@ -62,14 +62,12 @@ def build_image(spec: VMSpec) -> bytes:
         return f.read()
 
 
-def time_now() -> float:
-    """A monotonic clock in seconds."""
-    return time.monotonic()
-
-
-def _run_for(host: Host, steps: int) -> None:
-    """Run the host's one VM for at most ``steps`` more guest steps (or until it waits, halts or fails)."""
-    host.advance(steps)  # the step limit counts from here
+@cache
+def _context() -> multiprocessing.context.BaseContext:
+    """Where VM processes come from: a fork server, single-threaded, that imported the VM side of popek once."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["popek.vmm.serve.vmproc"])
+    return context
 
 
 @dataclass(eq=False)
@@ -80,7 +78,7 @@ class Call:
     payload: bytes
     future: asyncio.Future
     urgent: bool = False
-    tag: int = 0  # the card's tag, set by the VM thread when it hands the message over
+    id: int = 0  # the operation's id, set when it goes to the VM process
     cancel_requested: bool = False  # a `cancel` was sent for it: a `cancelled` reply means just that
     deadline: int = 0  # its slot in ``Deadlines`` while a caller waits for it
 
@@ -130,280 +128,185 @@ def _settle(future: asyncio.Future, value: object, error: BaseException | None) 
         future.set_result(value)
 
 
-def _settle_all(results: list[tuple[asyncio.Future, object, BaseException | None]]) -> None:
-    """Complete several futures at once (one wake-up of the loop for a whole slice's replies)."""
-    for future, value, error in results:
-        _settle(future, value, error)
+class VMProcess(asyncio.Protocol):
+    """The front-end's end of one VM process: operations out, events in, futures settled (loop thread only)."""
 
+    def __init__(self, replica: Replica) -> None:
+        self.replica, self.loop = replica, replica.loop
+        self.frames = Frames()
+        self.transport: asyncio.Transport | None = None
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.batch: list[tuple] = []  # operations not yet sent: they go out together at the end of this turn
+        self.waiting: dict[int, asyncio.Future] = {}  # operation id -> the future its answer settles
+        self.calls: dict[int, Call] = {}  # the calls among them
+        self.releases: set[int] = set()  # ids of `release` operations (answered with ids of held calls)
+        self.booted: asyncio.Future = self.loop.create_future()
+        self.ended: asyncio.Future = self.loop.create_future()  # set once the socket closed
+        self.gone = ""  # why the process ended, when it said so
 
-class Worker(threading.Thread):
-    """The thread of one VM: boots it, hands it requests, runs it, and returns its replies."""
+    async def start(self, spec: VMSpec, image: bytes, config: ServeConfig,
+                    resume: tuple[bytes, dict[str, int]] | None = None) -> dict[str, int]:  # fmt: skip
+        """Start the process (booting ``image``, or resuming a snapshot); return the VM's service ports."""
+        ours, theirs = socket.socketpair()
+        settings = Settings(config.core, config.boot_steps, config.slice_steps)
+        guest = GuestSpec(spec.id, image, spec.monitor, spec.profile, spec.mem)
+        self.process = _context().Process(target=vmproc.main, name=f"popek-vm-{spec.id}", daemon=True,
+                                          args=(theirs, spec.id, guest, spec.services, settings, resume))  # fmt: skip
+        try:
+            await asyncio.to_thread(self._start_process)
+        except Exception as e:  # no fork server, no process: the VM cannot run here
+            ours.close()
+            raise ReplicaDown(f"VM {spec.id}: its process did not start: {type(e).__name__}: {e}") from None
+        finally:
+            theirs.close()
+        await self.loop.create_connection(lambda: self, sock=ours)
+        return await self.booted
 
-    def __init__(self, replica: Replica, image: bytes, config: ServeConfig, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(name=f"vm-{replica.spec.id}", daemon=True)
-        self.replica, self.image, self.config, self.loop = replica, image, config, loop
-        self.ops: queue.SimpleQueue = queue.SimpleQueue()  # lists of operations, in order
-        self.host: Host | None = None
-        self.outstanding: dict[int, Call] = {}  # tag -> call, for the messages the guest has not answered
-        self._batch: list[tuple] = []  # operations the loop has not handed over yet (loop thread only)
-        # Live migration (popek/vmm/serve/migrate.py): the pre-copy source, and once the guest is frozen for its
-        # last copy, the calls that arrived since (held, not lost: the new location answers them).
-        self.source: migration.Source | None = None
-        self.freezing: tuple[asyncio.Future, float] | None = None  # (future of the last copy, drain deadline)
-        self.frozen = False
-        self.held: list[Call] = []
+    @property
+    def pid(self) -> int | None:
+        """The process id while the process runs."""
+        return None if self.process is None or self.ended.done() else self.process.pid
 
-    def submit(self, op: tuple) -> None:
-        """Queue an operation for the thread (loop thread; handed over at the end of this turn of the loop)."""
-        # The requests of one turn of the loop reach the thread together: it wakes once and runs the guest once
-        # for all of them, rather than waking per request and fighting the loop for the GIL in between.
-        self._batch.append(op)
-        if len(self._batch) == 1:
+    def _start_process(self) -> None:
+        with _starting:
+            self.process.start()
+
+    # --- operations ------------------------------------------------------------------------------------
+    def _submit(self, op: tuple) -> None:
+        # The operations of one turn of the loop reach the process together: it wakes once and runs the guest
+        # once for all of them.
+        self.batch.append(op)
+        if len(self.batch) == 1:
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Hand the queued operations to the thread now."""
-        if self._batch:
-            self.ops.put(self._batch)
-            self._batch = []
+        """Send the queued operations now."""
+        if self.batch and self.transport is not None:  # (before the link is up, connection_made sends them)
+            batch, self.batch = self.batch, []
+            if not self.ended.done():
+                self.transport.write(frame(batch))
 
-    # --- the thread -------------------------------------------------------------------------------------
-    def run(self) -> None:
-        """Serve operations until told to quit; never let an exception end the thread unnoticed."""
-        try:
-            self._serve()
-        except Exception as e:  # a bug below the front-end: the VM is lost, the server goes on
-            self._crash(f"internal error: {type(e).__name__}: {e}")
-            self._serve_dead()
+    def _down(self) -> ReplicaDown:
+        return ReplicaDown(self.gone or f"VM {self.replica.id}: its process ended")
 
-    def _serve(self) -> None:
-        while True:
-            vm = self.host.vms[0] if self.host else None
-            idle = vm is None or self.frozen or (vm.waiting and self.freezing is None)  # block until an op comes
-            try:
-                ops = self.ops.get(block=idle)
-            except queue.Empty:
-                ops = None
-            while ops is not None:
-                for op in ops:
-                    if op[0] == "quit":
-                        self._fail_all("the server is shutting down")
-                        self._fail_held("the server is shutting down")
-                        return
-                    self._handle(op)
-                try:
-                    ops = self.ops.get_nowait()
-                except queue.Empty:
-                    ops = None
-            if self.host is not None and not self.frozen:
-                self._run_slice()
-                if self.freezing is not None and self.host is not None:
-                    self._maybe_freeze()
-
-    def _serve_dead(self) -> None:
-        """After an internal error: answer every operation as if the VM were down, until quit."""
-        while True:
-            for op in self.ops.get():
-                if op[0] == "quit":
-                    return
-                if op[0] in ("call", "cancel"):
-                    self._reply(op[-1], None, ReplicaDown(f"VM {self.replica.spec.id} is down"))
-                elif op[0] in ("boot", "stop"):
-                    self._reply_future(op[1], None, ReplicaDown(f"VM {self.replica.spec.id} failed"))
-
-    def _handle(self, op: tuple) -> None:
-        kind = op[0]
-        if kind == "boot":
-            self._boot(op[1])
-        elif kind == "stop":
-            self._fail_all(f"VM {self.replica.spec.id} was stopped")
-            self._end_migration(f"VM {self.replica.spec.id} was stopped")
-            self.host = None
-            self._reply_future(op[1], None, None)
-        elif kind == "call":
-            call: Call = op[1]
-            if call.future.done():
-                return  # the front-end gave up before the guest saw it
-            if self.freezing is not None or self.frozen:  # the VM is being copied for the last time: wait
-                self.held.append(call)
-                return
-            if self.host is None:
-                self._reply(call, None, ReplicaDown(f"VM {self.replica.spec.id} is {self.replica.state}"))
-                return
-            self._send(call)
-        elif kind == "snapshot":  # between two slices: the guest is at an instruction boundary
-            if self.host is None:
-                self._reply_future(op[1], None, ReplicaDown(f"VM {self.replica.spec.id} is {self.replica.state}"))
-            else:
-                self._reply_future(op[1], snapshot.dumps(self.host), None)
-        elif kind == "adopt":  # the VM came back by live migration: serve it here again
-            self.host = op[1]
-        elif kind == "precopy":  # one pre-copy round, between two slices of the guest
-            self._precopy(op[1])
-        elif kind == "freeze":  # answer what the guest holds, then take the last copy (see _maybe_freeze)
-            self.freezing = (op[1], time_now() + DRAIN_WAIT)
-        elif kind == "release":  # (release, moved, future): the last copy landed (moved) or did not
-            self._release(op[1], op[2])
-        elif kind == "cancel":  # (cancel, target call, reply call): the guest's urgent `cancel <tag>`
-            target, call = op[1], op[2]
-            if self.host is None or target.tag not in self.outstanding:
-                self._reply(call, b"ERR unknown request", None)
-                return
-            target.cancel_requested = True
-            call.payload = b"cancel %d" % target.tag
-            self._send(call)
-        elif kind == "abandon":  # the front-end timed out: forget the request and free the guest from it
-            target = op[1]
-            if self.host is not None and self.outstanding.pop(target.tag, None) is not None:
-                self.host.send(0, target.port, b"cancel %d" % target.tag, urgent=True)
-
-    def _precopy(self, future: asyncio.Future) -> None:
-        if self.host is None:
-            self._reply_future(future, None, ReplicaDown(f"VM {self.replica.spec.id} is {self.replica.state}"))
+    def call(self, call: Call) -> None:
+        """Hand a message to the guest; its reply settles ``call.future``."""
+        if self.ended.done():
+            _settle(call.future, None, self._down())
             return
-        if self.source is None:
-            self.source = migration.Source(self.host, 0)
-        message, pages = self.source.precopy()
-        steps = int(self.host.vms[0].vstate[S.STEPS])
-        self._reply_future(future, (message, pages, steps, self.source.converged()), None)
+        call.id = next(_ids)
+        self.waiting[call.id] = call.future
+        self.calls[call.id] = call
+        self._submit(("call", call.id, call.port, call.payload, call.urgent))
 
-    def _maybe_freeze(self) -> None:
-        """Take the last copy once the guest answered what it held (or the drain time is up)."""
-        future, deadline = self.freezing
-        if self.outstanding and time_now() < deadline:
+    def cancel(self, target: Call, call: Call) -> None:
+        """Send the guest ``cancel <tag>`` for ``target``; its answer settles ``call.future``."""
+        if self.ended.done():
+            _settle(call.future, None, self._down())
             return
-        # Requests still in the guest after the drain would be answered at the new location to nobody: they
-        # fail here instead, and the dispatcher (or the client) sends them again.
-        self._fail_all(f"VM {self.replica.spec.id} is moving to another host")
-        self.freezing, self.frozen = None, True
-        if self.source is None:
-            self.source = migration.Source(self.host, 0)
-        message, pages = self.source.final()
-        self._reply_future(future, (message, pages), None)
+        call.id = next(_ids)
+        self.waiting[call.id] = call.future
+        self._submit(("cancel", target.id, call.id))
 
-    def _release(self, moved: bool, future: asyncio.Future) -> None:
-        held, self.held = self.held, []
-        self.frozen, self.freezing, self.source = False, None, None
-        if moved:
-            migration.stop_source(self.host.vms[0], "migrated")
-            self.host = None
-            self._reply_future(future, held, None)  # the loop forwards them to the new location
-            return
-        for call in held:  # the target refused the VM: it goes on here
-            if not call.future.done():
-                self._send(call)
-        self._reply_future(future, [], None)
+    def abandon(self, call: Call) -> None:
+        """The front-end gave up on ``call``: the guest is told to drop it."""
+        if self.waiting.pop(call.id, None) is not None:
+            self.calls.pop(call.id, None)
+            self._submit(("abandon", call.id))
 
-    def _send(self, call: Call) -> None:
-        try:
-            call.tag = self.host.send(0, call.port, call.payload, call.urgent)
-        except ValueError as e:  # a message the card refuses (too long): the request's fault, not the VM's
-            self._reply(call, None, e)
-            return
-        self.outstanding[call.tag] = call
+    def request(self, kind: str, *args: object) -> asyncio.Future:
+        """An operation on the VM (snapshot, precopy, freeze, release, stop); its answer settles the future."""
+        future = self.loop.create_future()
+        if self.ended.done():
+            future.set_exception(self._down())
+            return future
+        rid = next(_ids)
+        self.waiting[rid] = future
+        if kind == "release":
+            self.releases.add(rid)
+        self._submit((kind, *args, rid))
+        return future
 
-    def _boot(self, future: asyncio.Future) -> None:
-        spec, config = self.replica.spec, self.config
-        self._fail_all(f"VM {spec.id} was restarted")
-        try:
-            self.host = Host([GuestSpec(spec.id, self.image, spec.monitor, spec.profile, spec.mem)], config.core)
-            _run_for(self.host, config.boot_steps)
-        except Exception as e:  # a profile the monitor refuses, a core that is missing
-            self.host = None
-            self._reply_future(future, None, ReplicaDown(f"VM {spec.id} did not boot: {e}"))
-            return
-        vm = self.host.vms[0]
-        ports = {s: SERVICES[s].port for s in spec.services}
-        if vm.waiting:  # ask the guest's own names service where its services are
-            tags = {self.host.send(0, NAMES_PORT, s.encode()): s for s in spec.services}
-            _run_for(self.host, config.boot_steps)
-            for m in self.host.replies(0):
-                if m.tag in tags and m.payload.isdigit():
-                    ports[tags[m.tag]] = int(m.payload)
-        if vm.halted or vm.error:
-            reason = self._down_reason()
-            self.host = None
-            self._reply_future(future, None, ReplicaDown(reason))
-            return
-        self._publish_exits()
-        self._reply_future(future, ports, None)
+    def quit(self) -> None:
+        """Tell the process to fail what it holds and end."""
+        if not self.ended.done():
+            self._submit(("quit",))
+            self.flush()
 
-    def _run_slice(self) -> None:
-        host = self.host
-        try:
-            _run_for(host, self.config.slice_steps)
-        except Exception as e:  # a monitor that fails on what this guest did: this VM is lost, not the server
-            self._crash(f"monitor error: {type(e).__name__}: {e}")
-            return
-        # One hand-over per slice, not per reply: each call_soon_threadsafe wakes the loop (a write to its
-        # self-pipe, and a wait for the GIL), which under load cost more than the guest's own work.
-        done = []
-        for m in host.replies(0):
-            call = self.outstanding.pop(m.tag, None)
-            if call is not None:
-                done.append((call.future, m.payload, None))
-        if done:
-            self._settle_all(done)
-        self._publish_exits()
-        if host.vms[0].halted or host.vms[0].error:
-            self._crash(self._down_reason())
+    async def end(self) -> None:
+        """Wait for the process to end (killing it if it does not in time) and reap it."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.ended), END_WAIT)
+        if self.transport is not None:
+            self.transport.close()
+        if self.process is not None and self.process.pid is not None:  # (the fork server reaps it)
+            await asyncio.to_thread(self._kill_if_alive)
 
-    def _down_reason(self) -> str:
-        vm = self.host.vms[0]
-        if vm.halted:
-            return f"VM {vm.name}: the guest halted"
-        return f"VM {vm.name}: {vm.error}"
+    def _kill_if_alive(self) -> None:
+        self.process.join(END_WAIT)
+        if self.process.exitcode is None:
+            self.process.kill()
+            self.process.join(END_WAIT)
 
-    def _publish_exits(self) -> None:
-        stats = self.host.vms[0].stats
-        self.replica.exits = sum(stats.exits.values())  # one int: the loop thread reads it as it is
+    # --- events (asyncio.Protocol) ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The link is up: send what was queued meanwhile."""
+        self.transport = transport
+        self.flush()
 
-    def _crash(self, reason: str) -> None:
-        log.warning("%s: marked crashed", reason)
-        self.host = None
-        self._fail_all(reason)
-        self._end_migration(reason)
-        self.loop.call_soon_threadsafe(self.replica.crashed, reason)
+    def data_received(self, data: bytes) -> None:
+        """Act on the events of whole frames."""
+        for event in self.frames.feed(data):
+            kind = event[0]
+            if kind == "reply":
+                _, rid, value, error, cancelled = event
+                future = self.waiting.pop(rid, None)
+                call = self.calls.pop(rid, None)
+                if call is not None:
+                    call.cancel_requested = cancelled
+                if rid in self.releases:  # the held calls: now the front-end's to forward
+                    self.releases.discard(rid)
+                    value = [c for c in (self._take(i) for i in value or ()) if c is not None]
+                if future is not None:
+                    _settle(future, value, error)
+            elif kind == "exits":
+                self.replica.exits = event[1]
+            elif kind == "booted":
+                _settle(self.booted, event[1], None)
+            elif kind == "crashed":
+                self.gone = event[1]
+                log.warning("%s: marked crashed", event[1])
+                self.replica.crashed(event[1])
+            elif kind == "gone":
+                self.gone = event[1]
 
-    def _end_migration(self, reason: str) -> None:
-        """The VM went down while it was being moved: the move fails, what it held fails over."""
-        if self.freezing is not None:
-            self._reply_future(self.freezing[0], None, ReplicaDown(reason))
-        self.freezing, self.frozen, self.source = None, False, None
-        self._fail_held(reason)
+    def _take(self, rid: int) -> Call | None:
+        self.waiting.pop(rid, None)
+        return self.calls.pop(rid, None)
 
-    def _fail_held(self, reason: str) -> None:
-        held, self.held = self.held, []
-        if held:
-            self._settle_all([(call.future, None, ReplicaDown(reason)) for call in held])
-
-    def _fail_all(self, reason: str) -> None:
-        calls, self.outstanding = list(self.outstanding.values()), {}
-        if calls:
-            self._settle_all([(call.future, None, ReplicaDown(reason)) for call in calls])
-
-    def _settle_all(self, results: list[tuple[asyncio.Future, object, BaseException | None]]) -> None:
-        try:
-            self.loop.call_soon_threadsafe(_settle_all, results)
-        except RuntimeError:  # the loop is closed: the server is gone, nobody waits
-            pass
-
-    def _reply(self, call: Call, payload: bytes | None, error: BaseException | None) -> None:
-        self._reply_future(call.future, payload, error)
-
-    def _reply_future(self, future: asyncio.Future, value: object, error: BaseException | None) -> None:
-        try:
-            self.loop.call_soon_threadsafe(_settle, future, value, error)
-        except RuntimeError:  # the loop is closed: the server is gone, nobody waits
-            pass
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The process ended: whatever it held fails over; an end it did not announce is a crash."""
+        if not self.gone:
+            code = self.process.exitcode if self.process is not None else None
+            self.gone = f"VM {self.replica.id}: its process ended unexpectedly" + (
+                f" (exit status {code})" if code is not None else ""
+            )
+            log.warning("%s: marked crashed", self.gone)
+            self.replica.crashed(self.gone)
+        waiting, self.waiting, self.calls = self.waiting, {}, {}
+        for future in waiting.values():
+            _settle(future, None, self._down())
+        _settle(self.booted, None, self._down())
+        _settle(self.ended, None, None)
 
 
 class Replica:
-    """A VM as the front-end sees it: spec, state, load and counters (loop thread only)."""
+    """A VM as the front-end sees it: spec, state, load and counters, and its process (loop thread only)."""
 
     def __init__(self, spec: VMSpec, config: ServeConfig, loop: asyncio.AbstractEventLoop,
                  image: bytes | None = None) -> None:  # fmt: skip
-        self.spec = spec
+        self.spec, self.config, self.loop = spec, config, loop
+        self.image = build_image(spec) if image is None else image
         self.state = STOPPED
         self.reason = ""  # why it is crashed
         self.ports = {s: SERVICES[s].port for s in spec.services}
@@ -411,11 +314,10 @@ class Replica:
         self.pending_cost = 0  # their estimated guest work (the content policy weighs by it)
         self.served = 0  # requests answered
         self.failovers = 0  # requests it lost (stopped or crashed under them), handed to the next replica
-        self.exits = 0  # VM exits so far (written by the VM thread)
+        self.exits = 0  # VM exits so far (the VM process reports them)
         self.boots = 0
+        self.process: VMProcess | None = None  # while the VM runs (or boots)
         self.on_boot: Callable[[Replica], None] = lambda r: None  # replays state before the VM takes requests
-        self.worker = Worker(self, build_image(spec) if image is None else image, config, loop)
-        self.loop = loop
         # Where the VM lives now when it was migrated away (docs/serve.md, "Live migration"): its requests are
         # forwarded there, with the admin token of that front-end.
         self.remote = ""
@@ -438,12 +340,14 @@ class Replica:
         out = {"vm": self.id, "services": list(self.spec.services), "shard": self.spec.shard if
                "kv" in self.spec.services else None, "monitor": self.spec.monitor, "profile": self.spec.profile,
                "design": self.spec.design, "state": self.state, "outstanding": self.outstanding}  # fmt: skip
+        if self.process is not None and self.process.pid:
+            out["pid"] = self.process.pid
         if self.remote:
             out["location"] = self.remote
         return out
 
     def submit(self, port: int, payload: bytes, cost: int = 1, urgent: bool = False) -> Call:
-        """Hand a message to the VM's thread; wait for its reply with ``wait``."""
+        """Hand a message to the VM; wait for its reply with ``wait``."""
         if not self.running:
             raise ReplicaDown(f"VM {self.id} is {self.state}")
         call = Call(port, payload, self.loop.create_future(), urgent)
@@ -453,7 +357,7 @@ class Replica:
         if self.remote and self.forward is not None:
             self.forward(self, call)
         else:
-            self.worker.submit(("call", call))
+            self.process.call(call)
         return call
 
     def _done(self, future: asyncio.Future, cost: int) -> None:
@@ -468,8 +372,8 @@ class Replica:
         try:
             return await call.future
         except TimeoutError:
-            if not self.remote:
-                self.worker.submit(("abandon", call))
+            if not self.remote and self.process is not None:
+                self.process.abandon(call)
             raise
         finally:
             self.deadlines.discard(call)
@@ -478,8 +382,10 @@ class Replica:
         """Send the guest ``cancel <tag>`` for ``target`` on the urgent channel; return its answer."""
         end = self.loop.time() + min(timeout, CANCEL_PATIENCE)
         while True:
+            if self.process is None:
+                raise ReplicaDown(f"VM {self.id} is {self.state}")
             call = Call(target.port, b"", self.loop.create_future(), urgent=True)
-            self.worker.submit(("cancel", target, call))
+            self.process.cancel(target, call)
             answer = await asyncio.wait_for(call.future, timeout)
             # The kernel serves its urgent ring before it takes ordinary messages from the card, so a request
             # sent just before may not be known yet: ask again until it is, it is answered, or time is up.
@@ -487,22 +393,32 @@ class Replica:
                 return answer
             await asyncio.sleep(0.01)
 
-    async def start(self) -> None:
-        """Boot the VM from its image (a fresh guest), then let it take requests."""
+    async def request(self, kind: str, *args: object) -> object:
+        """An operation on the running VM (``vmproc``): snapshot, precopy, freeze or release; ReplicaDown if none."""
+        if self.process is None:
+            raise ReplicaDown(f"VM {self.id} is {self.state}")
+        return await self.process.request(kind, *args)
+
+    async def start(self, resume: tuple[bytes, dict[str, int]] | None = None) -> None:
+        """Boot the VM from its image (a fresh guest) in a new process, or resume it from a snapshot."""
         if self.state in (RUNNING, BOOTING):
             return
         self.state, self.reason, self.remote = BOOTING, "", ""
-        future = self.loop.create_future()
-        self.worker.submit(("boot", future))
+        self.process = process = VMProcess(self)
         try:
-            self.ports = await future
+            ports = await process.start(self.spec, self.image, self.config, resume)
         except ReplicaDown as e:
-            self.crashed(str(e))
+            if self.process is process:
+                self.process = None
+                self.crashed(str(e))
+            await process.end()
             return
-        if self.state != BOOTING:
+        if self.state != BOOTING or self.process is not process:
             return  # stopped while it booted
+        self.ports = ports
         self.boots += 1
-        self.on_boot(self)  # queued before any request, so the guest has its state back first
+        if resume is None:  # (a resumed VM has its state with it)
+            self.on_boot(self)  # queued before any request, so the guest has its state back first
         self.state = RUNNING
 
     async def stop(self) -> None:
@@ -510,45 +426,43 @@ class Replica:
         if self.state == STOPPED:
             return
         self.state, self.remote = STOPPED, ""
-        future = self.loop.create_future()
-        self.worker.submit(("stop", future))
-        await future
+        process, self.process = self.process, None
+        if process is not None:
+            with contextlib.suppress(ReplicaDown):
+                await process.request("stop")
+            await process.end()
 
     async def snapshot(self) -> bytes:
         """The VM saved as it runs (docs/snapshots.md): its guest state, requests in flight included."""
-        future = self.loop.create_future()
-        self.worker.submit(("snapshot", future))
-        return await future
+        return await self.request("snapshot")
 
     def crashed(self, reason: str) -> None:
-        """The VM thread found the guest halted or failed (loop thread)."""
+        """The VM process found the guest halted or failed, or the process itself ended."""
         if self.state in (RUNNING, BOOTING):
             self.state, self.reason = CRASHED, reason
 
 
 class Cluster:
-    """Every VM of the configuration, each with its thread."""
+    """Every VM of the configuration, each in its process while it runs."""
 
     def __init__(self, config: ServeConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.replicas = [Replica(spec, config, loop) for spec in config.vms]
 
-    def adopt(self, spec: VMSpec, host: Host, ports: dict[str, int]) -> Replica:
-        """Serve a VM that arrived by live migration: its host is already running the guest."""
-        back = self.replica(spec.id)
-        if back is not None:  # it had moved away from here: the same replica serves it again
-            back.worker.submit(("adopt", host))
-            back.remote, back.state, back.ports = "", RUNNING, dict(ports)
-            return back
-        try:
-            image = build_image(spec)  # for a later restart from the image
-        except OSError:  # a guest file that is only on the source's machine
-            image = b""
-        replica = Replica(spec, self.config, asyncio.get_running_loop(), image)
-        replica.worker.host, replica.ports = host, dict(ports)
-        replica.state, replica.boots = RUNNING, 1
-        replica.worker.start()
-        self.replicas.append(replica)  # the same list the name service reads: /resolve names it at once
+    async def adopt(self, spec: VMSpec, data: bytes, ports: dict[str, int]) -> Replica:
+        """Serve a VM that arrived by live migration (``data``: its snapshot) in a new process here."""
+        replica = self.replica(spec.id)
+        if replica is None:
+            try:
+                image = build_image(spec)  # for a later restart from the image
+            except OSError:  # a guest file that is only on the source's machine
+                image = b""
+            replica = Replica(spec, self.config, asyncio.get_running_loop(), image)
+            self.replicas.append(replica)  # the same list the name service reads: /resolve names it at once
+        elif replica.process is not None:  # it had moved away from here: its old process has ended
+            await replica.process.end()
+        replica.state = STOPPED
+        await replica.start(resume=(data, ports))
         return replica
 
     def replica(self, vm_id: str) -> Replica | None:
@@ -556,15 +470,14 @@ class Cluster:
         return next((r for r in self.replicas if r.id == vm_id), None)
 
     async def start(self) -> None:
-        """Start the threads and boot every VM (in parallel)."""
-        for r in self.replicas:
-            r.worker.start()
+        """Boot every VM (in parallel)."""
         await asyncio.gather(*(r.start() for r in self.replicas))
 
     async def shutdown(self) -> None:
-        """Fail what is outstanding and end every thread."""
+        """Fail what is outstanding and end every VM process."""
+        processes = [r.process for r in self.replicas if r.process is not None]
         for r in self.replicas:
-            r.state = STOPPED
-            r.worker.submit(("quit",))
-            r.worker.flush()
-        await asyncio.to_thread(lambda: [r.worker.join(timeout=10) for r in self.replicas])
+            r.state, r.process = STOPPED, None
+        for p in processes:
+            p.quit()
+        await asyncio.gather(*(p.end() for p in processes))

@@ -23,6 +23,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from popek.vmm import snapshot
 from popek.vmm.host import GuestSpec, Host
 from popek.vmm.migration import MigrationReport, Round, Target
 from popek.vmm.serve.cluster import Call, Cluster, Replica, ReplicaDown
@@ -96,11 +97,6 @@ class Migrations:
         return body
 
     # --- the source ---------------------------------------------------------------------------------------
-    async def _op(self, replica: Replica, *op: object) -> object:
-        future = replica.loop.create_future()
-        replica.worker.submit((*op, future))
-        return await future
-
     async def move(self, replica: Replica, url: str, token: str = "") -> dict:
         """Move ``replica``'s VM to the front-end at ``url`` while it serves; return what it cost."""
         url, token = check_url(url), token or self.admin_token
@@ -115,7 +111,7 @@ class Migrations:
         try:
             while True:
                 t = time.perf_counter()
-                message, pages, steps, reason = await self._op(replica, "precopy")
+                message, pages, steps, reason = await replica.request("precopy")
                 await self._post(f"{path}/round", token, message)  # the guest serves on meanwhile
                 report.rounds.append(Round(pages, len(message), time.perf_counter() - t))
                 if len(report.rounds) > 1:
@@ -125,17 +121,17 @@ class Migrations:
                     report.stop_reason = reason
                     break
             t_stop = time.perf_counter()
-            message, report.final_pages = await self._op(replica, "freeze")
+            message, report.final_pages = await replica.request("freeze")
         except ReplicaDown as e:
             raise MigrationError(409, f"VM {replica.id} went down during the migration: {e}") from None
         report.final_bytes = len(message)
         try:
             await self._post(f"{path}/final", token, message)
         except MigrationError:
-            await self._op(replica, "release", False)  # the VM goes on here, with what it held
+            await replica.request("release", False)  # the VM goes on here, with what it held
             raise
         replica.remote, replica.remote_token, replica.forward = url, token, self.forward
-        for call in await self._op(replica, "release", True):
+        for call in await replica.request("release", True):
             self.forward(replica, call)
         t_end = time.perf_counter()
         report.downtime_s, report.total_s = t_end - t_stop, t_end - t0
@@ -203,7 +199,10 @@ class Migrations:
         del self.incoming[transfer]
         if (here := self.cluster.replica(incoming.spec.id)) is not None and here.spec != incoming.spec:
             raise MigrationError(409, f"VM {here.id} here is not the VM that came back")
-        replica = self.cluster.adopt(incoming.spec, incoming.host, incoming.ports)
+        data = await asyncio.to_thread(snapshot.dumps, incoming.host)
+        replica = await self.cluster.adopt(incoming.spec, data, incoming.ports)
+        if not replica.running:
+            raise MigrationError(500, f"VM {replica.id} did not resume here: {replica.reason}")
         replica.on_boot = self.on_boot  # a later restart from the image gets the shard's writes back
         return replica
 

@@ -35,7 +35,7 @@ class KvReplication:
         port = replica.ports["kv"]
         for key, value in self.logs.get(replica.spec.shard, {}).items():
             call = Call(port, b"PUT " + key + b"\n" + value, replica.loop.create_future())  # nobody awaits it
-            replica.worker.submit(("call", call))
+            replica.process.call(call)
 
     async def get(self, key: bytes, request_id: str = "", vm: str = "") -> Reply:
         """``GET <key>`` on one replica of its shard (another if that one goes down), or on ``vm`` only."""
