@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import random
 import signal
 import socket
@@ -313,6 +314,30 @@ def test_an_idempotent_request_on_a_vm_stopped_under_it_is_answered_by_another(u
         assert next(v for v in status(url)["vms"] if v["vm"] == first)["failovers"] >= 1
     finally:
         assert admin(url, first, "start")[0] == 200
+
+
+def test_a_vm_process_killed_under_a_request_is_a_crash_the_others_answer_for(url: str) -> None:
+    for _ in range(3):  # make the slow VM the policy's next choice, as above
+        if resolve(url, "primes")[0] == "c-full":
+            break
+        Client(url)("GET", "/primes/1")
+    first, other = "c-full", "c-pv"
+    pid = next(v for v in status(url)["vms"] if v["vm"] == first)["pid"]
+    assert pid not in (None, os.getpid())
+    with in_background(Client(url), "GET", "/primes/10000000") as out:
+        wait_outstanding(url, first)
+        os.kill(pid, signal.SIGKILL)  # the VM's host process dies, as a QEMU killed by the OOM killer would
+    try:
+        code, headers, data = out[0]
+        assert (code, data, headers["x-popek-vm"]) == (200, b"664579", other)
+        vm = next(v for v in status(url)["vms"] if v["vm"] == first)
+        assert vm["state"] == "crashed" and "process ended" in vm["reason"] and "pid" not in vm
+        assert Client(url)("POST", "/echo", b"still here")[2] == b"still here"
+    finally:
+        assert admin(url, first, "start")[0] == 200
+    again = next(v for v in status(url)["vms"] if v["vm"] == first)
+    assert again["state"] == "running" and again["pid"] != pid
+    assert Client(url)("GET", "/primes/100", headers={"X-Popek-VM": first})[2] == b"25"
 
 
 def test_a_request_that_names_its_vm_is_served_there_and_not_failed_over(url: str) -> None:

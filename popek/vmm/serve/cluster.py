@@ -1,11 +1,12 @@
 """The VMs of ``popek serve``, each in a process of its own, as the front-end's asyncio loop sees them.
 
-Each VM runs in its own process (``popek/vmm/serve/vmproc.py``), started from a fork server: a clean process
-that imported popek once, so a VM starts in milliseconds plus its boot. The loop talks to a VM process over a
-socket pair through ``VMProcess`` (an asyncio protocol): the operations of one turn of the loop go out in one
-frame, and the events of one guest slice (its replies) come back in one. No thread of the front-end runs guest
-code or shares a lock with it, so the front-end parses HTTP on one processor core while the guests run on the
-others, and a VM process that dies (a crash, ``kill -9``) fails its requests over to the other replicas.
+Each VM runs in its own process (``popek/vmm/serve/vmproc.py``), forked by a fork server
+(``popek/vmm/serve/forks.py``) that imported popek once, so a VM starts in milliseconds plus its boot. The
+loop talks to a VM process over a socket pair through ``VMProcess`` (an asyncio protocol): the operations of
+one turn of the loop go out in one frame, and the events of one guest slice (its replies) come back in one. No
+thread of the front-end runs guest code or shares a lock with it, so the front-end parses HTTP on one
+processor core while the guests run on the others, and a VM process that dies (a crash, ``kill -9``) fails
+its requests over to the other replicas.
 
 ``Replica`` is the loop's side of a VM: its state, load and counters, and its process while it runs.
 """
@@ -17,17 +18,17 @@ import contextlib
 import itertools
 import logging
 import math
-import multiprocessing
+import os
+import signal
 import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
 from popek import guests
 from popek.vmm.host import GuestSpec
-from popek.vmm.serve import vmproc
 from popek.vmm.serve.config import DESIGNS, ServeConfig, VMSpec
+from popek.vmm.serve.forks import fork_vm
 from popek.vmm.serve.services import SERVICES, services_mask
 from popek.vmm.serve.vmproc import Frames, ReplicaDown, Settings, frame
 
@@ -37,7 +38,6 @@ BOOTING, RUNNING, STOPPED, CRASHED = "booting", "running", "stopped", "crashed"
 CANCEL_PATIENCE = 5.0  # seconds a cancel keeps asking a guest that does not know the request yet
 END_WAIT = 10.0  # seconds a VM process may take to end once told to
 _ids = itertools.count(1)  # of operations, unique in the front-end
-_starting = threading.Lock()  # one process start at a time through the fork server
 
 
 @cache
@@ -60,14 +60,6 @@ def build_image(spec: VMSpec) -> bytes:
         return _assemble(spec.guest, tuple(sorted(defines.items())))
     with open(spec.guest, "rb") as f:
         return f.read()
-
-
-@cache
-def _context() -> multiprocessing.context.BaseContext:
-    """Where VM processes come from: a fork server, single-threaded, that imported the VM side of popek once."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["popek.vmm.serve.vmproc"])
-    return context
 
 
 @dataclass(eq=False)
@@ -135,7 +127,7 @@ class VMProcess(asyncio.Protocol):
         self.replica, self.loop = replica, replica.loop
         self.frames = Frames()
         self.transport: asyncio.Transport | None = None
-        self.process: multiprocessing.process.BaseProcess | None = None
+        self.pid = 0  # of the process, once started
         self.batch: list[tuple] = []  # operations not yet sent: they go out together at the end of this turn
         self.waiting: dict[int, asyncio.Future] = {}  # operation id -> the future its answer settles
         self.calls: dict[int, Call] = {}  # the calls among them
@@ -149,11 +141,10 @@ class VMProcess(asyncio.Protocol):
         """Start the process (booting ``image``, or resuming a snapshot); return the VM's service ports."""
         ours, theirs = socket.socketpair()
         settings = Settings(config.core, config.boot_steps, config.slice_steps)
-        guest = GuestSpec(spec.id, image, spec.monitor, spec.profile, spec.mem)
-        self.process = _context().Process(target=vmproc.main, name=f"popek-vm-{spec.id}", daemon=True,
-                                          args=(theirs, spec.id, guest, spec.services, settings, resume))  # fmt: skip
+        args = (spec.id, GuestSpec(spec.id, image, spec.monitor, spec.profile, spec.mem), spec.services, settings,
+                resume)  # fmt: skip
         try:
-            await asyncio.to_thread(self._start_process)
+            self.pid = await asyncio.to_thread(fork_vm, theirs, args)
         except Exception as e:  # no fork server, no process: the VM cannot run here
             ours.close()
             raise ReplicaDown(f"VM {spec.id}: its process did not start: {type(e).__name__}: {e}") from None
@@ -161,15 +152,6 @@ class VMProcess(asyncio.Protocol):
             theirs.close()
         await self.loop.create_connection(lambda: self, sock=ours)
         return await self.booted
-
-    @property
-    def pid(self) -> int | None:
-        """The process id while the process runs."""
-        return None if self.process is None or self.ended.done() else self.process.pid
-
-    def _start_process(self) -> None:
-        with _starting:
-            self.process.start()
 
     # --- operations ------------------------------------------------------------------------------------
     def _submit(self, op: tuple) -> None:
@@ -239,14 +221,9 @@ class VMProcess(asyncio.Protocol):
             await asyncio.wait_for(asyncio.shield(self.ended), END_WAIT)
         if self.transport is not None:
             self.transport.close()
-        if self.process is not None and self.process.pid is not None:  # (the fork server reaps it)
-            await asyncio.to_thread(self._kill_if_alive)
-
-    def _kill_if_alive(self) -> None:
-        self.process.join(END_WAIT)
-        if self.process.exitcode is None:
-            self.process.kill()
-            self.process.join(END_WAIT)
+        if not self.ended.done() and self.pid:  # it did not end when told: it is killed (the fork server reaps it)
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
 
     # --- events (asyncio.Protocol) ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -287,10 +264,7 @@ class VMProcess(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The process ended: whatever it held fails over; an end it did not announce is a crash."""
         if not self.gone:
-            code = self.process.exitcode if self.process is not None else None
-            self.gone = f"VM {self.replica.id}: its process ended unexpectedly" + (
-                f" (exit status {code})" if code is not None else ""
-            )
+            self.gone = f"VM {self.replica.id}: its process ended unexpectedly"
             log.warning("%s: marked crashed", self.gone)
             self.replica.crashed(self.gone)
         waiting, self.waiting, self.calls = self.waiting, {}, {}
@@ -340,7 +314,7 @@ class Replica:
         out = {"vm": self.id, "services": list(self.spec.services), "shard": self.spec.shard if
                "kv" in self.spec.services else None, "monitor": self.spec.monitor, "profile": self.spec.profile,
                "design": self.spec.design, "state": self.state, "outstanding": self.outstanding}  # fmt: skip
-        if self.process is not None and self.process.pid:
+        if self.process is not None and self.process.pid and not self.process.ended.done():
             out["pid"] = self.process.pid
         if self.remote:
             out["location"] = self.remote
