@@ -90,6 +90,7 @@ def serve(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the front-end's to handle
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # ended VMs are reaped by the kernel
     sock = socket.socket(fileno=fd)
+    warmed: set[tuple[str, str]] = set()
     while True:
         try:
             header, fds, _, _ = socket.recv_fds(sock, _LENGTH.size, 1)
@@ -100,6 +101,10 @@ def serve(fd: int) -> None:
         except (ConnectionError, OSError):
             return
         link = socket.socket(fileno=fds[0])
+        _, guest, _, settings, _ = args
+        if (settings.core, guest.monitor) not in warmed:
+            warmed.add((settings.core, guest.monitor))
+            vmproc.warm(settings.core, guest.monitor)
         try:
             pid = os.fork()
         except OSError as e:
