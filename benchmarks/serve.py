@@ -8,7 +8,8 @@ service: the plain echo and every cluster's echo, then every cluster's crc32, an
 service turned by one place each round. So the figures a ratio compares (echo through the stack against the
 plain echo, pv against bare) are taken seconds apart, and a machine shared with other work slows them alike;
 each ratio is taken within one round, and the report is its median over the rounds and its spread (lowest,
-highest).
+highest). Each measurement also takes the processor time (user and system, from /proc) that the front-end's
+process and the cluster's VM processes used, per request answered.
 benchmarks/serve.lua checks every answer. A second table puts the two server designs side by side: short echo
 requests while a long primes request is always in flight, their p50 and p99.
 
@@ -56,9 +57,26 @@ def plain_echo(port: int) -> None:
     web.run_app(app, host=LOOPBACK, port=port, access_log=None, print=None)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system processor time these processes have used so far (Linux's /proc; 0 for one that is gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime and stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def vm_pids(url: str) -> list[int]:
+    """The process ids of a cluster's VMs (``/status``)."""
+    return [v["pid"] for v in json.loads(fetch(url + "/status")[2])["vms"] if v.get("pid")]
+
+
 @contextlib.contextmanager
-def plain_server() -> Iterator[str]:
-    """The plain aiohttp echo in a process of its own; yields its URL."""
+def plain_server() -> Iterator[tuple[str, int]]:
+    """The plain aiohttp echo in a process of its own; yields its URL and process id."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--plain-echo", str(port)], start_new_session=True)
     try:
@@ -72,7 +90,7 @@ def plain_server() -> Iterator[str]:
                 if time.monotonic() > end:
                     raise RuntimeError("the plain aiohttp server did not start") from None
                 time.sleep(0.1)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
@@ -92,6 +110,7 @@ def row(service: str, monitor: str, policy: str, runs: list[dict]) -> dict:
             "p50_ms": round(statistics.median(r["latency_ms"]["p50"] for r in runs), 2),
             "p99_ms": round(statistics.median(r["latency_ms"]["p99"] for r in runs), 2),
             "requests": sum(r["requests"] for r in runs),
+            **{k: round(statistics.median(r[k] for r in runs), 1) for k in ("frontend_us", "vms_us") if k in runs[0]},
             "bad": sum(r["non2xx"] + r["bad_body"] + r["lost"] for r in runs)}  # fmt: skip
 
 
@@ -106,7 +125,9 @@ def measure_rounds(monitors: list[str], policies: list[str], services: list[str]
     """Every server at once; ``rounds`` interleaved passes over plain echo and every service × cluster."""
     runs: dict[tuple[str, str, str], list[dict]] = {}
     with contextlib.ExitStack() as stack:
-        servers = {("-", "-"): stack.enter_context(plain_server())}
+        plain_url, plain_pid = stack.enter_context(plain_server())
+        servers = {("-", "-"): plain_url}
+        pids = {("-", "-"): ([plain_pid], [])}  # (front-end, VMs) of each server, for processor time per request
         clusters = [(m, p) for m in monitors for p in policies]
         starting = {mp: ServeProcess(cluster(mp[0]), "--policy", mp[1]) for mp in clusters}
         threads = [threading.Thread(target=s.start, daemon=True) for s in starting.values()]  # boot in parallel
@@ -120,6 +141,7 @@ def measure_rounds(monitors: list[str], policies: list[str], services: list[str]
                 raise RuntimeError(f"popek serve {mp} did not start: {s.stderr()[-2000:]}")
             fetch(s.url + "/kv/load", "PUT", b"load-value")
             servers[mp] = s.url
+            pids[mp] = ([s.proc.pid], vm_pids(s.url))
         # Service by service, so that the figures a ratio compares are taken seconds apart; within a service the
         # order turns by one place each round, so no server is always measured first.
         groups = [[(svc, m, p) for m, p in clusters] for svc in services]
@@ -132,8 +154,13 @@ def measure_rounds(monitors: list[str], policies: list[str], services: list[str]
             for group in groups:
                 turn = n % len(group)
                 for service, monitor, policy in group[turn:] + group[:turn]:
+                    front, vms = pids[(monitor, policy)]
+                    before = cpu_seconds(front), cpu_seconds(vms)
                     r = wrk(servers[(monitor, policy)], SCRIPT, service, duration=duration, threads=THREADS,
                             connections=CONNECTIONS)  # fmt: skip
+                    n = max(r["requests"], 1)
+                    r["frontend_us"] = (cpu_seconds(front) - before[0]) / n * 1e6
+                    r["vms_us"] = (cpu_seconds(vms) - before[1]) / n * 1e6
                     runs.setdefault((service, monitor, policy), []).append(r)
             log.print(
                 f"  round {n + 1}: plain echo {runs[('echo', '-', '-')][-1]['rps']:,.0f} req/s; "
@@ -195,19 +222,20 @@ def markdown(result: dict) -> str:
     """The tables for docs/benchmarks.md."""
     out = [
         "| service | monitor | policy | req/s (median) | lowest–highest | p50 ms | p99 ms | × plain echo | × bare "
-        "| errors |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| front-end µs/req | VMs µs/req | errors |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     p, ratios = result["plain"], result["ratios"]
     out.append(f"| echo | plain aiohttp | - | {p['rps']:,.0f} | {min(p['rps_runs']):,.0f}–{max(p['rps_runs']):,.0f} | "
-               f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | 1.00 | | {p['bad']} |")  # fmt: skip
+               f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | 1.00 | | {p['frontend_us']:.0f} | | {p['bad']} |")  # fmt: skip
     for r in result["rows"]:
         s, m, pol = r["service"], r["monitor"], r["policy"]
         vs_plain = ratios.get(f"echo {m} {pol} / plain") if s == "echo" else None
         vs_bare = ratios.get(f"{s} {m} / bare {pol}")
         out.append(f"| {s} | {m} | {pol} | {r['rps']:,.0f} | {min(r['rps_runs']):,.0f}–{max(r['rps_runs']):,.0f} | "
                    f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {_spread(vs_plain) if vs_plain else ''} | "
-                   f"{_spread(vs_bare) if vs_bare else ''} | {r['bad']} |")  # fmt: skip
+                   f"{_spread(vs_bare) if vs_bare else ''} | {r['frontend_us']:.0f} | {r['vms_us']:.0f} | "
+                   f"{r['bad']} |")  # fmt: skip
     out += ["", "| design | echo req/s | echo p50 ms | echo p99 ms | long requests done |", "|---|---:|---:|---:|---:|"]
     for r in result["designs"]:
         out.append(
@@ -250,12 +278,14 @@ def main() -> None:
 
     table = Table(title=f"popek serve under wrk -t{THREADS} -c{CONNECTIONS}: median of {args.rounds} interleaved "
                   f"rounds of {args.duration:g} s")  # fmt: skip
-    for col in ("service", "monitor", "policy", "req/s", "lowest–highest", "p50 ms", "p99 ms", "errors"):
+    for col in ("service", "monitor", "policy", "req/s", "lowest–highest", "p50 ms", "p99 ms", "front-end µs/req",
+                "VMs µs/req", "errors"):  # fmt: skip
         table.add_column(col, justify="right" if col not in ("service", "monitor", "policy") else "left")
     for r in [plain, *rows]:
         table.add_row(r["service"], r["monitor"] if r["monitor"] != "-" else "plain aiohttp", r["policy"],
                       f"{r['rps']:,.0f}", f"{min(r['rps_runs']):,.0f}–{max(r['rps_runs']):,.0f}",
-                      f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", str(r["bad"]))  # fmt: skip
+                      f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['frontend_us']:.0f}",
+                      f"{r['vms_us']:.0f}" if r["monitor"] != "-" else "", str(r["bad"]))  # fmt: skip
     console = Console(width=140)
     console.print(table)
     console.print(f"{os.cpu_count()} cpus; load average {load[0]} before the run, {load[1]} after")
