@@ -165,19 +165,21 @@ class Host:
         """``run`` without building the results: for a caller that runs a VM in many short slices (a server)."""
         solo = len(self.vms) == 1  # nobody to share the machine with: slices grow, to look early and then rarely
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.steps = [0] * len(self.vms)  # steps of this call: a later call may run each VM as far again
+        steps = self.steps = [0] * len(self.vms)  # steps of this call: a later call may run each VM as far again
         self.timed_out = False
+        machines = list(enumerate(zip(self.vms, self.monitors, strict=True)))
         while True:
             progressed = False
-            for i, (vm, mon) in enumerate(zip(self.vms, self.monitors, strict=True)):
-                if vm.nic.queued:
-                    vm.nic.poll()  # the card looks at its rings between two of the VM's time slices
-                if vm.stopped or self.steps[i] >= max_steps:
+            for i, (vm, mon) in machines:
+                nic = vm.nic
+                if nic.inbox or nic.urgent_inbox:
+                    nic.poll()  # the card looks at its rings between two of the VM's time slices
+                if vm.stopped or steps[i] >= max_steps:
                     continue
-                cycle = int(vm.vstate[S.CYCLE])
-                ran = mon.run(vm, min(slice_steps, max_steps - self.steps[i]))
-                self.steps[i] += ran
-                if ran >= TRAP_LOOP_STEPS and int(vm.vstate[S.CYCLE]) == cycle and not vm.stopped:
+                cycle = vm.vstate.item(S.CYCLE)
+                ran = mon.run(vm, min(slice_steps, max_steps - steps[i]))
+                steps[i] += ran
+                if ran >= TRAP_LOOP_STEPS and vm.vstate.item(S.CYCLE) == cycle and not vm.stopped:
                     v = vm.vstate
                     vm.error = (
                         f"trap loop at pc {int(v[S.EPC]):#010x}, cause {cause_name(int(v[S.CAUSE]))}: "
@@ -201,9 +203,14 @@ class Host:
                 return vm
         raise KeyError(f"no VM named '{which}'")
 
-    def send(self, which: int | str, port: int, payload: bytes, urgent: bool = False) -> int:
-        """Give a VM's network card a message for guest ``port``; return its tag, which its reply carries."""
-        return self.vm(which).send(port, payload, urgent)
+    def send(self, which: int | str, port: int, payload: bytes, urgent: bool = False, poll: bool = True) -> int:
+        """Give a VM's network card a message for guest ``port``; return its tag, which its reply carries.
+
+        With ``poll`` False the card takes the message into its rings at the next ``advance`` (before the VM's
+        next slice) instead of now: a caller that sends several messages before it runs the VM saves the card a
+        look at its rings per message, and the guest sees exactly the same (it does not run in between).
+        """
+        return self.vm(which).send(port, payload, urgent, poll)
 
     def replies(self, which: int | str) -> list[Message]:
         """Take the messages a VM's guest sent since the last call (each with the tag of the request answered)."""
