@@ -32,25 +32,42 @@ class Bare(Monitor):
     def run(self, vm: VM, budget: int) -> int:
         """Advance the guest by at most ``budget`` steps on the core."""
         v = vm.vstate
-        start = int(v[S.STEPS])
-        buffered = None if self.on_step else console_run(self.core)
+        start = v.item(S.STEPS)
+        if self.on_step:
+            return self._trace(vm, budget, start)
+        buffered = self.companion(console_run)
         while not vm.stopped:
-            left = budget - (int(v[S.STEPS]) - start)
+            left = budget - (v.item(S.STEPS) - start)
             if left <= 0:
                 break
-            before = v.copy() if self.on_step else None
             if buffered is not None:
                 code, n = buffered(v, vm.mem, left, vm.console_out)
                 if n:  # written before whatever the core stopped for
                     vm.console.output += vm.console_out[:n].tobytes()
             else:
-                code = self.core(v, vm.mem, 1 if self.on_step else left)
-            if code == S.EXIT_IO:
-                vm.stats.exits["io"] += 1
+                code = self.core(v, vm.mem, left)
             if code != S.EXIT_BUDGET:
-                vm.device_exit(code)
-                if code not in (S.EXIT_IO, S.EXIT_HALT, S.EXIT_IDLE):
-                    vm.error = f"core stopped with exit code {code} ({S.exit_name(code)})"
-            if self.on_step:
-                self.on_step(vm, before)
-        return int(v[S.STEPS]) - start
+                self._exit(vm, code)
+        return v.item(S.STEPS) - start
+
+    def _trace(self, vm: VM, budget: int, start: int) -> int:
+        """``run`` one step at a time, calling ``on_step`` after each."""
+        v = vm.vstate
+        while not vm.stopped and budget - (v.item(S.STEPS) - start) > 0:
+            before = v.copy()
+            code = self.core(v, vm.mem, 1)
+            if code != S.EXIT_BUDGET:
+                self._exit(vm, code)
+            self.on_step(vm, before)
+        return v.item(S.STEPS) - start
+
+    @staticmethod
+    def _exit(vm: VM, code: int) -> None:
+        """What the core stopped for: port I/O on the devices, halt, an idle wfi, or an error."""
+        if code == S.EXIT_IO:
+            vm.stats.exits["io"] += 1
+            vm.bus.complete(vm.vstate)
+            return
+        vm.device_exit(code)
+        if code not in (S.EXIT_HALT, S.EXIT_IDLE):
+            vm.error = f"core stopped with exit code {code} ({S.exit_name(code)})"

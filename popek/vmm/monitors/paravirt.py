@@ -79,10 +79,18 @@ _FEATURES, _CONS_LEN, _MC_COUNT, _NET_EVENTS = SH_FEATURES // 4, SH_CONS_LEN // 
 NET_BLOCK = 16  # bytes of the block HC_NET_SETUP reads: the receive, transmit and urgent rings, descriptors per ring
 NET_UPCALL = vmexit.NET_UPCALL  # events that interrupt the guest (completions it reads from the ring)
 _HOST_ADDRESSES = (S.BASE, S.PV_SHARED, S.PV_KBASE)  # real-CPU slots that hold host addresses in the VM's slice
+_UNSTARTED = object()  # a VM the monitor has not looked at yet
 _HC_KEYS = {n: f"hcall {name}" for n, name in HC_NAMES.items()}  # statistics: hypercall exits by number
 _COUNTERS = [("traps delivered by the core", S.PV_NTRAPS), ("interrupts delivered by the core", S.PV_NIRQS)] + [
     (f"hcall {HC_NAMES[n]} (core)", S.PV_NCALLS + n) for n in range(S.HC_FAST_LIMIT)
 ]
+
+
+# What ``_sync`` copies from the real CPU as it is: the registers, time, status and pending interrupts.
+_SYNC_SLOTS = np.array([*range(S.R0, S.PC + 1), S.CYCLE, S.STEPS, S.STATUS, S.TIMER, S.PENDING])
+assert (_EPC, _EPSW, _EBASE, _EBOUND, _CAUSE, _BADADDR) == tuple(range(_EPC, _BADADDR + 1))  # one slice of sw
+_COUNTER_FIRST, _COUNTER_LAST = min(slot for _, slot in _COUNTERS), max(slot for _, slot in _COUNTERS)
+assert [slot for _, slot in _COUNTERS] == list(range(_COUNTER_FIRST, _COUNTER_LAST + 1))  # one slice of rstate
 
 
 def boot_note(image: bytes | np.ndarray, memsize: int) -> int | None:
@@ -130,9 +138,9 @@ class Paravirt(TrapAndEmulate):
 
     def run(self, vm: VM, budget: int) -> int:
         """Advance the guest by at most ``budget`` steps."""
-        if vm not in self._guests:
-            self._guests[vm] = self._start(vm)
-        g = self._guests[vm]
+        g = self._guests.get(vm, _UNSTARTED)  # one lookup: a weak dictionary's are not cheap
+        if g is _UNSTARTED:
+            g = self._guests[vm] = self._start(vm)
         if g is None:
             return super().run(vm, budget)  # not a PV guest: trap-and-emulate
         return self._run_pv(vm, g, budget)
@@ -203,7 +211,7 @@ class Paravirt(TrapAndEmulate):
 
     def pv_loop(self) -> Callable[..., int] | None:
         """The compiled loop that performs the common PV exits (``vmexit.run_pv``), or None to do them in Python."""
-        return pv_exit_loop(self.core) if self.compiled_exits else None
+        return self.companion(pv_exit_loop) if self.compiled_exits else None
 
     def _run_pv(self, vm: VM, g: PVGuest, budget: int) -> int:
         r, core, mem, stats = vm.rstate, self.core, vm.host_mem, vm.stats
@@ -246,13 +254,14 @@ class Paravirt(TrapAndEmulate):
         c = g.counters
         g.shown = c.item(vmexit.PVC_SHOWN)
         c[vmexit.PVC_SHOWN] = 0
-        slots = np.flatnonzero(c)
-        if not len(slots):
+        slots = c.nonzero()[0].tolist()  # a method call, not np.flatnonzero: this runs after every loop call
+        if not slots:
             return
-        counts = c[slots].tolist()
-        c[:] = 0
+        counts = c.tolist()
+        c.fill(0)
         stats = vm.stats
-        for slot, n in zip(slots.tolist(), counts, strict=True):
+        for slot in slots:
+            n = counts[slot]
             if slot < vmexit.PVC_HCALL:
                 stats.exits[cause_name(slot - vmexit.PVC_CAUSE)] += n
             elif slot == vmexit.PVC_HCALL:
@@ -495,22 +504,20 @@ class Paravirt(TrapAndEmulate):
 
     def _sync(self, vm: VM, g: PVGuest) -> None:
         """Copy the guest's state to the virtual CPU and count the processor's work; drain the console."""
-        r, v, sw = vm.rstate, vm.vstate, g.sw
-        v[S.R0 : S.PC + 1] = r[S.R0 : S.PC + 1]
-        for slot in (S.CYCLE, S.STEPS, S.STATUS, S.TIMER, S.PENDING):
-            v[slot] = r[slot]
+        r, v = vm.rstate, vm.vstate
+        v[_SYNC_SLOTS] = r[_SYNC_SLOTS]  # one gather and one scatter instead of a numpy access per slot
+        v[S.EPC], v[S.EPSW], v[S.EBASE], v[S.EBOUND], v[S.CAUSE], v[S.BADADDR] = g.sw[_EPC : _BADADDR + 1].tolist()
         kmode = r.item(S.PV_KMODE)
         v[S.PSW] = (PSW_S if kmode else 0) | (r.item(S.PSW) & PSW_IE)
         v[S.BASE], v[S.BOUND] = (r.item(S.BASE) - vm.offset) & M32, r.item(S.BOUND)
         v[S.IVT] = r.item(S.PV_ENTRY)
-        for slot, word in ((S.EPC, _EPC), (S.EPSW, _EPSW), (S.EBASE, _EBASE), (S.EBOUND, _EBOUND),
-                           (S.CAUSE, _CAUSE), (S.BADADDR, _BADADDR)):  # fmt: skip
-            v[slot] = sw.item(word)
-        for i, (name, slot) in enumerate(_COUNTERS):
-            count = r.item(slot)
-            if count != g.seen[i]:
-                vm.stats.extra[name] += count - g.seen[i]
-                g.seen[i] = count
+        counts = r[_COUNTER_FIRST : _COUNTER_LAST + 1].tolist()
+        if counts != g.seen:
+            extra = vm.stats.extra
+            for i, ((name, _), count) in enumerate(zip(_COUNTERS, counts, strict=True)):
+                if count != g.seen[i]:
+                    extra[name] += count - g.seen[i]
+                    g.seen[i] = count
         self._peek(vm, g)
 
 
