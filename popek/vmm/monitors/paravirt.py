@@ -115,6 +115,13 @@ class PVGuest:
     seen: list[int] = field(default_factory=lambda: [0] * len(_COUNTERS))  # processor counters already counted
     line: int = 0  # the network card's interrupt line as the card last set it (its events not yet posted)
     counters: np.ndarray = field(default_factory=lambda: np.zeros(vmexit.NPVC, dtype=np.int64))  # run_pv's
+    # The real CPU state and the shared words as memoryviews of the same memory: the exit paths read and write
+    # single slots through them at half the cost of ndarray.item and numpy's item assignment.
+    regs: memoryview = field(default=memoryview(b""), repr=False, compare=False)
+    words: memoryview = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.words = memoryview(self.sw)
 
 
 class Paravirt(TrapAndEmulate):
@@ -186,6 +193,7 @@ class Paravirt(TrapAndEmulate):
         for slot in _HOST_ADDRESSES:
             rstate[slot] = (int(rstate[slot]) + vm.offset) & M32
         vm.rstate[:] = rstate
+        g.regs = memoryview(vm.rstate)
         self._guests[vm] = g
         vm.nic.interrupt = partial(self._nic_line, vm, g)
 
@@ -195,7 +203,7 @@ class Paravirt(TrapAndEmulate):
         shared = boot_note(vm.mem, vm.memsize)
         if shared is None or vm.vstate[S.STEPS]:
             return None
-        g = PVGuest(shared, vm.mem[shared : shared + SH_SIZE].view("<u4"))
+        g = PVGuest(shared, vm.mem[shared : shared + SH_SIZE].view("<u4"), regs=memoryview(vm.rstate))
         v, r = vm.vstate, vm.rstate
         r[S.R0 : S.PC + 1] = v[S.R0 : S.PC + 1]
         r[S.CYCLE], r[S.STEPS], r[S.TIMER], r[S.PENDING] = v[S.CYCLE], v[S.STEPS], v[S.TIMER], v[S.PENDING]
@@ -214,12 +222,11 @@ class Paravirt(TrapAndEmulate):
         return self.companion(pv_exit_loop) if self.compiled_exits else None
 
     def _run_pv(self, vm: VM, g: PVGuest, budget: int) -> int:
-        r, core, mem, stats = vm.rstate, self.core, vm.host_mem, vm.stats
-        item = r.item
-        start = item(S.STEPS)
+        r, core, mem, stats, regs = vm.rstate, self.core, vm.host_mem, vm.stats, g.regs
+        start = regs[S.STEPS]
         end = start + budget
         left = budget
-        if g.line or g.sw.item(_NET_EVENTS):
+        if g.line or g.words[_NET_EVENTS]:
             self._net_events(vm, g)  # what the card did since the last slice (the host gave it messages)
         loop = self.pv_loop()
         while left > 0 and not vm.stopped:
@@ -234,19 +241,19 @@ class Paravirt(TrapAndEmulate):
             t0 = perf_counter()
             if code == S.EXIT_HCALL:
                 stats.exits["hcall"] += 1
-                self._hcall(vm, g, item(S.XCAUSE))
+                self._hcall(vm, g, regs[S.XCAUSE])
             elif code == S.EXIT_TRAP:
-                cause = item(S.XCAUSE)
+                cause = regs[S.XCAUSE]
                 stats.exits[cause_name(cause)] += 1
-                self._bounce(vm, g, cause, item(S.XINFO))
+                self._bounce(vm, g, cause, regs[S.XINFO])
             else:
                 self._other_exit(vm, g, code)
             if g.line:
                 self._net_events(vm, g)
             stats.monitor_seconds += perf_counter() - t0
-            left = end - item(S.STEPS)
+            left = end - regs[S.STEPS]
         self._sync(vm, g)
-        return item(S.STEPS) - start
+        return regs[S.STEPS] - start
 
     @staticmethod
     def _take_counters(vm: VM, g: PVGuest) -> None:
@@ -298,8 +305,8 @@ class Paravirt(TrapAndEmulate):
     # --- what the processor does, done in software ------------------------------------------------------
     def _sync_ie(self, vm: VM, g: PVGuest) -> None:
         """IE <- the guest's mask word is 0."""
-        r = vm.rstate
-        r[S.PSW] = (r.item(S.PSW) & PSW_S) | (0 if g.sw.item(_MASK) else PSW_IE)
+        r = g.regs
+        r[S.PSW] = (r[S.PSW] & PSW_S) | (0 if g.words[_MASK] else PSW_IE)
 
     def _retire(self, vm: VM, g: PVGuest) -> None:
         """Retire the instruction at pc as the core would: pc, cycle, steps, the timer and its expiry."""
@@ -310,21 +317,17 @@ class Paravirt(TrapAndEmulate):
 
     def _bounce(self, vm: VM, g: PVGuest, cause: int, info: int) -> None:
         """Deliver a trap or interrupt into the guest kernel's entry, exactly as the processor does."""
-        r, sw = vm.rstate, g.sw
+        r, sw = g.regs, g.words
         if not g.registered:
             vm.error = f"{cause_name(cause)} (cause {cause}) before the guest registered its trap entry"
             return
-        kbase = r.item(S.PV_KBASE) & M32
-        sw[_EPSW] = (PSW_S if r.item(S.PV_KMODE) else 0) | (0 if sw.item(_MASK) else PSW_IE)
-        sw[_EPC], sw[_EBASE], sw[_EBOUND] = (
-            r.item(S.PC) & M32,
-            ((r.item(S.BASE) & M32) - kbase) & M32,
-            r.item(S.BOUND) & M32,
-        )
+        kbase = r[S.PV_KBASE] & M32
+        sw[_EPSW] = (PSW_S if r[S.PV_KMODE] else 0) | (0 if sw[_MASK] else PSW_IE)
+        sw[_EPC], sw[_EBASE], sw[_EBOUND] = r[S.PC] & M32, ((r[S.BASE] & M32) - kbase) & M32, r[S.BOUND] & M32
         sw[_CAUSE], sw[_BADADDR], sw[_MASK] = cause, info & M32, 1
-        r[S.PSW], r[S.BASE], r[S.BOUND], r[S.PC] = 0, kbase, r.item(S.PV_KBOUND) & M32, r.item(S.PV_ENTRY) & M32
+        r[S.PSW], r[S.BASE], r[S.BOUND], r[S.PC] = 0, kbase, r[S.PV_KBOUND] & M32, r[S.PV_ENTRY] & M32
         r[S.PV_KMODE] = 1
-        r[S.STEPS] = r.item(S.STEPS) + 1
+        r[S.STEPS] = r[S.STEPS] + 1
         if cause >= TIMER_IRQ:
             vm.stats.injected += 1
         else:
@@ -333,8 +336,8 @@ class Paravirt(TrapAndEmulate):
     # --- hypercalls --------------------------------------------------------------------------------------
     def _hcall(self, vm: VM, g: PVGuest, n: int) -> None:
         """Perform hypercall ``n`` at the guest's pc (args r1, r2; result r1), then retire it."""
-        r = vm.rstate
-        if not r.item(S.PV_KMODE):  # a task may not make hypercalls: ILLEGAL, as on the bare machine
+        r = g.regs
+        if not r[S.PV_KMODE]:  # a task may not make hypercalls: ILLEGAL, as on the bare machine
             self._bounce(vm, g, ILLEGAL, HCALL_WORD | n)
             return
         vm.stats.extra[_HC_KEYS.get(n) or f"hcall {n}"] += 1
@@ -342,7 +345,7 @@ class Paravirt(TrapAndEmulate):
             self._multicall(vm, g)
         else:
             call = self._calls.get(n)
-            result = call(vm, g, r.item(1), r.item(2)) if call else -ENOSYS
+            result = call(vm, g, r[1], r[2]) if call else -ENOSYS
             if result is not None:
                 r[1] = result & M32
         if vm.error or vm.waiting:  # a block that can never end, or that waits for the card: it does not retire
@@ -410,24 +413,24 @@ class Paravirt(TrapAndEmulate):
         return self._drain(vm, g)
 
     def _block(self, vm: VM, g: PVGuest, a1: int, a2: int) -> None:
-        r = vm.rstate
-        if r.item(S.PENDING) or g.sw.item(_NET_EVENTS) & NET_UPCALL:
+        r = g.regs
+        if r[S.PENDING] or g.words[_NET_EVENTS] & NET_UPCALL:
             return
-        timer = r.item(S.TIMER)
+        timer = r[S.TIMER]
         if not timer:
             vm.nic.poll()  # the card looks at its rings while the guest waits, as for wfi
             self._net_events(vm, g, deliver=False)
-            if g.sw.item(_NET_EVENTS) & NET_UPCALL:
+            if g.words[_NET_EVENTS] & NET_UPCALL:
                 return
             if vm.nic.can_wake():
                 vm.waiting = True  # until the host gives the card a message; then the block runs again
                 return
-            vm.error = f"hcall block at {r.item(S.PC):#010x} can never end: nothing pending and the timer is off"
+            vm.error = f"hcall block at {r[S.PC]:#010x} can never end: nothing pending and the timer is off"
             return
-        r[S.CYCLE] += timer  # idle until the timer expires (wfi's time), then retire
+        r[S.CYCLE] = r[S.CYCLE] + timer  # idle until the timer expires (wfi's time), then retire
         r[S.TIMER] = 0
-        r[S.PENDING] |= S.PEND_TIMER
-        g.sw[_PENDING] = 1
+        r[S.PENDING] = r[S.PENDING] | S.PEND_TIMER
+        g.words[_PENDING] = 1
 
     def _halt(self, vm: VM, g: PVGuest, a1: int, a2: int) -> None:
         vm.rstate[S.STATUS] = a1 & 0xFF
@@ -470,13 +473,13 @@ class Paravirt(TrapAndEmulate):
         delivered through the mask when the monitor has control (a slice's start, an exit); a guest that is
         masked then finds the events when it next looks (it acknowledges before it reads its rings).
         """
-        nic, sw = vm.nic, g.sw
+        nic, sw = vm.nic, g.words
         events = nic.status
         if events:
             nic.write(N.NIC_STATUS, events)
-            sw[_NET_EVENTS] = sw.item(_NET_EVENTS) | events
-        pending = sw.item(_NET_EVENTS) & NET_UPCALL
-        if deliver and pending and g.registered and not sw.item(_MASK) and not vm.stopped:
+            sw[_NET_EVENTS] = sw[_NET_EVENTS] | events
+        pending = sw[_NET_EVENTS] & NET_UPCALL
+        if deliver and pending and g.registered and not sw[_MASK] and not vm.stopped:
             vm.stats.extra["net interrupts"] += 1
             self._bounce(vm, g, DEVICE_IRQ, N.DEV_NIC_URGENT if pending & N.EV_URGENT else N.DEV_NIC)
 
@@ -495,7 +498,7 @@ class Paravirt(TrapAndEmulate):
         so the monitor may look at any time, and how often it does (the host's slices) changes nothing the
         guest can see.
         """
-        n = min(g.sw.item(_CONS_LEN), CONS_SIZE)
+        n = min(g.words[_CONS_LEN], CONS_SIZE)
         if n > g.shown:
             start = g.shared + SH_CONS_BUF
             vm.console.output += vm.mem[start + g.shown : start + n].tobytes()
@@ -504,14 +507,13 @@ class Paravirt(TrapAndEmulate):
 
     def _sync(self, vm: VM, g: PVGuest) -> None:
         """Copy the guest's state to the virtual CPU and count the processor's work; drain the console."""
-        r, v = vm.rstate, vm.vstate
+        r, v, regs = vm.rstate, vm.vstate, g.regs
         v[_SYNC_SLOTS] = r[_SYNC_SLOTS]  # one gather and one scatter instead of a numpy access per slot
-        v[S.EPC], v[S.EPSW], v[S.EBASE], v[S.EBOUND], v[S.CAUSE], v[S.BADADDR] = g.sw[_EPC : _BADADDR + 1].tolist()
-        kmode = r.item(S.PV_KMODE)
-        v[S.PSW] = (PSW_S if kmode else 0) | (r.item(S.PSW) & PSW_IE)
-        v[S.BASE], v[S.BOUND] = (r.item(S.BASE) - vm.offset) & M32, r.item(S.BOUND)
-        v[S.IVT] = r.item(S.PV_ENTRY)
-        counts = r[_COUNTER_FIRST : _COUNTER_LAST + 1].tolist()
+        v[S.EPC], v[S.EPSW], v[S.EBASE], v[S.EBOUND], v[S.CAUSE], v[S.BADADDR] = g.words[_EPC : _BADADDR + 1]
+        v[S.PSW] = (PSW_S if regs[S.PV_KMODE] else 0) | (regs[S.PSW] & PSW_IE)
+        v[S.BASE], v[S.BOUND] = (regs[S.BASE] - vm.offset) & M32, regs[S.BOUND]
+        v[S.IVT] = regs[S.PV_ENTRY]
+        counts = regs[_COUNTER_FIRST : _COUNTER_LAST + 1].tolist()
         if counts != g.seen:
             extra = vm.stats.extra
             for i, ((name, _), count) in enumerate(zip(_COUNTERS, counts, strict=True)):
