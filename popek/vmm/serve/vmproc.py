@@ -225,7 +225,7 @@ class VMServer:
 
     def _send(self, cid: int, port: int, payload: bytes, urgent: bool) -> None:
         try:
-            tag = self.host.send(0, port, payload, urgent)
+            tag = self.host.send(0, port, payload, urgent, poll=False)  # the card looks once, before the slice
         except ValueError as e:  # a message the card refuses (too long): the request's fault, not the VM's
             self._reply(cid, None, e)
             return
