@@ -340,6 +340,29 @@ def test_a_vm_process_killed_under_a_request_is_a_crash_the_others_answer_for(ur
     assert Client(url)("GET", "/primes/100", headers={"X-Popek-VM": first})[2] == b"25"
 
 
+def test_a_vm_boots_again_after_the_fork_server_itself_was_killed(url: str) -> None:
+    def fork_servers() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                command = (stat.parent / "cmdline").read_bytes()
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == os.getpid() and b"popek.vmm.serve.forks" in command:
+                found.append(int(stat.parent.name))
+        return found
+
+    servers = fork_servers()
+    assert len(servers) == 1
+    os.kill(servers[0], signal.SIGKILL)
+    assert admin(url, "c-pv", "stop")[0] == 200
+    assert admin(url, "c-pv", "start")[0] == 200  # a new fork server forks it
+    assert next(v for v in status(url)["vms"] if v["vm"] == "c-pv")["state"] == "running"
+    assert Client(url)("POST", "/echo", b"back", headers={"X-Popek-VM": "c-pv"})[2] == b"back"
+    assert len(fork_servers()) == 1 and fork_servers() != servers
+
+
 def test_a_request_that_names_its_vm_is_served_there_and_not_failed_over(url: str) -> None:
     c = Client(url)
     for vm in ("c-full", "c-pv"):

@@ -64,6 +64,7 @@ class ForkServer:
 
     def close(self) -> None:
         """End the server (the VMs it started go on until their front-end closes their sockets)."""
+        atexit.unregister(self.close)
         self.sock.close()
         try:
             self.process.wait(5)
@@ -72,15 +73,25 @@ class ForkServer:
             self.process.wait()
 
 
-def fork_vm(link: socket.socket, args: tuple) -> int:
-    """Start a VM process through this front-end's fork server (started, or restarted, as needed); its pid."""
+def _fork_server(failed: ForkServer | None = None) -> ForkServer:
+    """This front-end's fork server: started on first use, and again when it died or ``failed`` is it."""
     global _server
     with _server_lock:
-        if _server is None or not _server.alive():
+        if _server is None or _server is failed or not _server.alive():
+            if _server is not None:
+                _server.close()
             _server = ForkServer()
             atexit.register(_server.close)
-        server = _server
-    return server.fork(link, args)
+        return _server
+
+
+def fork_vm(link: socket.socket, args: tuple) -> int:
+    """Start a VM process through this front-end's fork server; its pid."""
+    server = _fork_server()
+    try:
+        return server.fork(link, args)
+    except (ConnectionError, OSError):  # the server died (killed, out of memory): once more with a new one
+        return _fork_server(failed=server).fork(link, args)
 
 
 def serve(fd: int) -> None:
