@@ -171,24 +171,27 @@ class VMProcess(asyncio.Protocol):
     def _down(self) -> ReplicaDown:
         return ReplicaDown(self.gone or f"VM {self.replica.id}: its process ended")
 
+    def _track(self, future: asyncio.Future) -> int | None:
+        """A new operation id whose answer settles ``future``; None (``future`` failed) once the process ended."""
+        if self.ended.done():
+            _settle(future, None, self._down())
+            return None
+        rid = next(_ids)
+        self.waiting[rid] = future
+        return rid
+
     def call(self, call: Call) -> None:
         """Hand a message to the guest; its reply settles ``call.future``."""
-        if self.ended.done():
-            _settle(call.future, None, self._down())
-            return
-        call.id = next(_ids)
-        self.waiting[call.id] = call.future
-        self.calls[call.id] = call
-        self._submit(("call", call.id, call.port, call.payload, call.urgent))
+        if (rid := self._track(call.future)) is not None:
+            call.id = rid
+            self.calls[rid] = call
+            self._submit(("call", rid, call.port, call.payload, call.urgent))
 
     def cancel(self, target: Call, call: Call) -> None:
         """Send the guest ``cancel <tag>`` for ``target``; its answer settles ``call.future``."""
-        if self.ended.done():
-            _settle(call.future, None, self._down())
-            return
-        call.id = next(_ids)
-        self.waiting[call.id] = call.future
-        self._submit(("cancel", target.id, call.id))
+        if (rid := self._track(call.future)) is not None:
+            call.id = rid
+            self._submit(("cancel", target.id, rid))
 
     def abandon(self, call: Call) -> None:
         """The front-end gave up on ``call``: the guest is told to drop it."""
@@ -199,14 +202,10 @@ class VMProcess(asyncio.Protocol):
     def request(self, kind: str, *args: object) -> asyncio.Future:
         """An operation on the VM (snapshot, precopy, freeze, release, stop); its answer settles the future."""
         future = self.loop.create_future()
-        if self.ended.done():
-            future.set_exception(self._down())
-            return future
-        rid = next(_ids)
-        self.waiting[rid] = future
-        if kind == "release":
-            self.releases.add(rid)
-        self._submit((kind, *args, rid))
+        if (rid := self._track(future)) is not None:
+            if kind == "release":
+                self.releases.add(rid)
+            self._submit((kind, *args, rid))
         return future
 
     def quit(self) -> None:
@@ -216,12 +215,12 @@ class VMProcess(asyncio.Protocol):
             self.flush()
 
     async def end(self) -> None:
-        """Wait for the process to end (killing it if it does not in time) and reap it."""
+        """Wait for the process to end, and kill it if it does not in time (the fork server reaps it)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.ended), END_WAIT)
         if self.transport is not None:
             self.transport.close()
-        if not self.ended.done() and self.pid:  # it did not end when told: it is killed (the fork server reaps it)
+        if not self.ended.done() and self.pid:  # it did not end when told
             with contextlib.suppress(OSError):
                 os.kill(self.pid, signal.SIGKILL)
 
