@@ -109,11 +109,6 @@ class Link:
                 pass
 
 
-def _run_for(host: Host, steps: int) -> None:
-    """Run the host's one VM for at most ``steps`` more guest steps (or until it waits, halts or fails)."""
-    host.advance(steps)  # the step limit counts from here
-
-
 class VMServer:
     """The loop of a VM process: operations from the front-end, slices of the guest, events back."""
 
@@ -139,12 +134,12 @@ class VMServer:
         except Exception as e:  # a profile the monitor refuses, a core that is missing
             self.link.send("gone", f"VM {self.name} did not boot: {e}")
             return False
-        _run_for(self.host, self.settings.boot_steps)
+        self.host.advance(self.settings.boot_steps)
         vm = self.host.vms[0]
         ports = {s: SERVICES[s].port for s in services}
         if vm.waiting:
             tags = {self.host.send(0, NAMES_PORT, s.encode()): s for s in services}
-            _run_for(self.host, self.settings.boot_steps)
+            self.host.advance(self.settings.boot_steps)
             for m in self.host.replies(0):
                 if m.tag in tags and m.payload.isdigit():
                     ports[tags[m.tag]] = int(m.payload)
@@ -235,7 +230,7 @@ class VMServer:
     def _run_slice(self) -> bool:
         host = self.host
         try:
-            _run_for(host, self.settings.slice_steps)
+            host.advance(self.settings.slice_steps)  # or until the guest waits, halts or fails
         except Exception as e:  # a monitor that fails on what this guest did: this VM is lost, not the server
             return self._crash(f"monitor error: {type(e).__name__}: {e}")
         for m in host.replies(0):
