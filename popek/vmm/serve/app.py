@@ -320,7 +320,7 @@ async def incoming(request: web.Request) -> web.Response:
     fe = _authorize(request)
     try:
         body = json.loads(await _body(request, MAX_MESSAGE))
-        transfer = await fe.migrations.open(body["spec"], body["ports"], fe.config.core)
+        transfer = await fe.migrations.open(body["spec"], body["ports"])
     except (ValueError, KeyError, TypeError) as e:
         raise ServeError(400, f"a bad migration request: {e}") from None
     except MigrationError as e:

@@ -136,13 +136,12 @@ class VMProcess(asyncio.Protocol):
         self.ended: asyncio.Future = self.loop.create_future()  # set once the socket closed
         self.gone = ""  # why the process ended, when it said so
 
-    async def start(self, spec: VMSpec, image: bytes, config: ServeConfig,
-                    resume: tuple[bytes, dict[str, int]] | None = None) -> dict[str, int]:  # fmt: skip
-        """Start the process (booting ``image``, or resuming a snapshot); return the VM's service ports."""
+    async def start(self, spec: VMSpec, image: bytes, config: ServeConfig, incoming: bool = False) -> dict[str, int]:
+        """Start the process, booting ``image`` (its service ports), or ready to receive the VM (``incoming``)."""
         ours, theirs = socket.socketpair()
         settings = Settings(config.core, config.boot_steps, config.slice_steps)
         args = (spec.id, GuestSpec(spec.id, image, spec.monitor, spec.profile, spec.mem), spec.services, settings,
-                resume)  # fmt: skip
+                incoming)  # fmt: skip
         try:
             self.pid = await asyncio.to_thread(fork_vm, theirs, args)
         except Exception as e:  # no fork server, no process: the VM cannot run here
@@ -245,16 +244,15 @@ class VMProcess(asyncio.Protocol):
                     value = [c for c in (self._take(i) for i in value or ()) if c is not None]
                 if future is not None:
                     _settle(future, value, error)
-            elif kind == "exits":
-                self.replica.exits = event[1]
             elif kind == "booted":
                 _settle(self.booted, event[1], None)
-            elif kind == "crashed":
+            elif kind in ("crashed", "gone"):
                 self.gone = event[1]
-                log.warning("%s: marked crashed", event[1])
-                self.replica.crashed(event[1])
-            elif kind == "gone":
-                self.gone = event[1]
+                if kind == "crashed" and self.replica.process is self:  # (not a migration's VM still arriving)
+                    log.warning("%s: marked crashed", event[1])
+                    self.replica.crashed(event[1])
+            elif kind == "exits":
+                self.replica.exits = event[1]
 
     def _take(self, rid: int) -> Call | None:
         self.waiting.pop(rid, None)
@@ -264,8 +262,9 @@ class VMProcess(asyncio.Protocol):
         """The process ended: whatever it held fails over; an end it did not announce is a crash."""
         if not self.gone:
             self.gone = f"VM {self.replica.id}: its process ended unexpectedly"
-            log.warning("%s: marked crashed", self.gone)
-            self.replica.crashed(self.gone)
+            if self.replica.process is self:  # (not a migration's VM still arriving)
+                log.warning("%s: marked crashed", self.gone)
+                self.replica.crashed(self.gone)
         waiting, self.waiting, self.calls = self.waiting, {}, {}
         for future in waiting.values():
             _settle(future, None, self._down())
@@ -372,14 +371,14 @@ class Replica:
             raise ReplicaDown(f"VM {self.id} is {self.state}")
         return await self.process.request(kind, *args)
 
-    async def start(self, resume: tuple[bytes, dict[str, int]] | None = None) -> None:
-        """Boot the VM from its image (a fresh guest) in a new process, or resume it from a snapshot."""
+    async def start(self) -> None:
+        """Boot the VM from its image (a fresh guest) in a new process."""
         if self.state in (RUNNING, BOOTING):
             return
         self.state, self.reason, self.remote = BOOTING, "", ""
         self.process = process = VMProcess(self)
         try:
-            ports = await process.start(self.spec, self.image, self.config, resume)
+            ports = await process.start(self.spec, self.image, self.config)
         except ReplicaDown as e:
             if self.process is process:
                 self.process = None
@@ -390,8 +389,7 @@ class Replica:
             return  # stopped while it booted
         self.ports = ports
         self.boots += 1
-        if resume is None:  # (a resumed VM has its state with it)
-            self.on_boot(self)  # queued before any request, so the guest has its state back first
+        self.on_boot(self)  # queued before any request, so the guest has its state back first
         self.state = RUNNING
 
     async def stop(self) -> None:
@@ -422,21 +420,26 @@ class Cluster:
         self.config = config
         self.replicas = [Replica(spec, config, loop) for spec in config.vms]
 
-    async def adopt(self, spec: VMSpec, data: bytes, ports: dict[str, int]) -> Replica:
-        """Serve a VM that arrived by live migration (``data``: its snapshot) in a new process here."""
-        replica = self.replica(spec.id)
-        if replica is None:
-            try:
-                image = build_image(spec)  # for a later restart from the image
-            except OSError:  # a guest file that is only on the source's machine
-                image = b""
-            replica = Replica(spec, self.config, asyncio.get_running_loop(), image)
+    def adopt(self, process: VMProcess, ports: dict[str, int]) -> Replica:
+        """Serve a VM that arrived by live migration: its process (``VMProcess.start(incoming=True)``) runs it."""
+        replica = process.replica
+        if replica not in self.replicas:
             self.replicas.append(replica)  # the same list the name service reads: /resolve names it at once
-        elif replica.process is not None:  # it had moved away from here: its old process has ended
-            await replica.process.end()
-        replica.state = STOPPED
-        await replica.start(resume=(data, ports))
+        replica.process, replica.ports, replica.remote = process, dict(ports), ""
+        replica.state, replica.reason = RUNNING, ""
+        replica.boots += 1
         return replica
+
+    def arriving(self, spec: VMSpec) -> Replica:
+        """The replica a VM arriving by live migration will be: the one it left from here, or a new one."""
+        replica = self.replica(spec.id)
+        if replica is not None:
+            return replica
+        try:
+            image = build_image(spec)  # for a later restart from the image
+        except OSError:  # a guest file that is only on the source's machine
+            image = b""
+        return Replica(spec, self.config, asyncio.get_running_loop(), image)
 
     def replica(self, vm_id: str) -> Replica | None:
         """The replica with this id, or None."""

@@ -23,10 +23,8 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from popek.vmm import snapshot
-from popek.vmm.host import GuestSpec, Host
-from popek.vmm.migration import MigrationReport, Round, Target
-from popek.vmm.serve.cluster import Call, Cluster, Replica, ReplicaDown
+from popek.vmm.migration import MigrationReport, Round
+from popek.vmm.serve.cluster import Call, Cluster, Replica, ReplicaDown, VMProcess
 from popek.vmm.serve.config import VMSpec
 from popek.vmm.snapshot import SnapshotError
 
@@ -44,12 +42,11 @@ class MigrationError(Exception):
 
 @dataclass
 class Incoming:
-    """A VM being received: its spec, its ports, and the memory the rounds build up."""
+    """A VM being received: its spec, its ports, and the VM process that the rounds build it up in."""
 
     spec: VMSpec
     ports: dict[str, int]
-    host: Host
-    target: Target
+    process: VMProcess
     started: float = field(default_factory=time.monotonic)
 
 
@@ -76,12 +73,6 @@ class Migrations:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TRANSFER_TIMEOUT))
         return self._http
-
-    async def close(self) -> None:
-        """Close the HTTP client."""
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
 
     async def _post(self, url: str, token: str, data: bytes | dict) -> bytes:
         """POST to another front-end's admin API; MigrationError unless it answers 200."""
@@ -156,7 +147,7 @@ class Migrations:
                 call.future.set_result(reply)
 
     # --- the target ---------------------------------------------------------------------------------------
-    async def open(self, spec: dict, ports: dict, core: str) -> str:
+    async def open(self, spec: dict, ports: dict) -> str:
         """Make a VM ready to receive (before the source stops its guest); the id of this transfer."""
         try:
             vm = VMSpec(str(spec["id"]), tuple(spec["services"]), str(spec["guest"]), str(spec["monitor"]),
@@ -167,12 +158,16 @@ class Migrations:
         here = self.cluster.replica(vm.id)
         if (here is not None and not here.remote) or any(i.spec.id == vm.id for i in self.incoming.values()):
             raise MigrationError(409, f"there is a VM {vm.id} here already")
+        if here is not None and here.spec != vm:
+            raise MigrationError(409, f"VM {here.id} here is not the VM that comes back")
+        process = VMProcess(self.cluster.arriving(vm))
         try:
-            host = await asyncio.to_thread(Host, [GuestSpec(vm.id, b"", vm.monitor, vm.profile, vm.mem)], core)
-        except Exception as e:  # a monitor or profile this host cannot run
-            raise MigrationError(400, f"cannot host VM {vm.id}: {e}") from None
+            await process.start(vm, b"", self.cluster.config, incoming=True)
+        except ReplicaDown as e:  # a monitor or profile this host cannot run
+            await process.end()
+            raise MigrationError(400, str(e)) from None
         transfer = str(next(self._ids))
-        self.incoming[transfer] = Incoming(vm, ports, host, Target(vm.mem, host, 0))
+        self.incoming[transfer] = Incoming(vm, ports, process)
         return transfer
 
     def _incoming(self, transfer: str) -> Incoming:
@@ -182,29 +177,38 @@ class Migrations:
 
     async def round(self, transfer: str, message: bytes) -> None:
         """Apply one pre-copy round to the waiting VM's memory."""
-        incoming = self._incoming(transfer)
         try:
-            await asyncio.to_thread(incoming.target.accept, message)
+            await self._incoming(transfer).process.request("round", message)
         except SnapshotError as e:
             raise MigrationError(400, f"a bad round: {e}") from None
+        except ReplicaDown as e:
+            self.incoming.pop(transfer, None)
+            raise MigrationError(409, f"the receiving VM went down: {e}") from None
 
     async def finish(self, transfer: str, message: bytes) -> Replica:
         """Resume the VM from the last message and serve it."""
         incoming = self._incoming(transfer)
+        del self.incoming[transfer]  # whatever happens now, this transfer is over
         try:
-            await asyncio.to_thread(incoming.target.finish, message)
-        except SnapshotError as e:
-            del self.incoming[transfer]
+            await incoming.process.request("final", message)
+        except SnapshotError as e:  # the VM process ends: nothing was resumed
+            await incoming.process.end()
             raise MigrationError(400, f"a bad final message: {e}") from None
-        del self.incoming[transfer]
-        if (here := self.cluster.replica(incoming.spec.id)) is not None and here.spec != incoming.spec:
-            raise MigrationError(409, f"VM {here.id} here is not the VM that came back")
-        data = await asyncio.to_thread(snapshot.dumps, incoming.host)
-        replica = await self.cluster.adopt(incoming.spec, data, incoming.ports)
-        if not replica.running:
-            raise MigrationError(500, f"VM {replica.id} did not resume here: {replica.reason}")
+        except ReplicaDown as e:
+            raise MigrationError(409, f"the receiving VM went down: {e}") from None
+        replica = self.cluster.adopt(incoming.process, incoming.ports)
         replica.on_boot = self.on_boot  # a later restart from the image gets the shard's writes back
         return replica
+
+    async def close(self) -> None:
+        """Give up the migrations still arriving, and close the HTTP client."""
+        incoming, self.incoming = list(self.incoming.values()), {}
+        for i in incoming:
+            i.process.quit()
+        await asyncio.gather(*(i.process.end() for i in incoming))
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
 
 def request_move(source: str, vm: str, target: str, token: str, timeout: float = 600.0) -> dict:

@@ -1,4 +1,4 @@
-"""One VM of ``popek serve`` in a process of its own: it boots (or resumes) its guest, runs it, and answers.
+"""One VM of ``popek serve`` in a process of its own: it boots its guest (or receives it), runs it, and answers.
 
 As QEMU runs each KVM guest in a host process of its own, each VM here is a process that owns one ``Host`` of
 one guest. The front-end (the asyncio loop that parses HTTP) shares no lock with guest code or the monitors'
@@ -9,6 +9,10 @@ The process talks to the front-end over one end of a socket pair, in frames (a 4
 list): the front-end sends lists of operations, the VM lists of events. Operations carry ids, and the events
 that answer them carry the same ids (the front-end keeps the futures). Between the two ends of a pair of
 popek's own processes, pickle is the wire format; nothing else ever writes to the socket.
+
+A VM that arrives by live migration starts as an empty VM of the right monitor, profile and memory, ready
+before the source stops its guest (as a real target allocates the VM first): it applies the pre-copy rounds
+(``("round", message, id)``) and the last copy (``("final", message, id)``), then serves like any other.
 
 Operations: ``("call", id, port, payload, urgent)``, ``("cancel", target id, id)``, ``("abandon", id)``,
 ``("snapshot", id)``, ``("precopy", id)``, ``("freeze", id)``, ``("release", moved, id)``, ``("stop", id)``,
@@ -150,12 +154,33 @@ class VMServer:
         self._publish_exits()
         return True
 
-    def resume(self, data: bytes, ports: dict[str, int]) -> bool:
-        """Resume a VM that arrived by live migration, from its snapshot."""
-        self.host = snapshot.restore(data, self.settings.core)
-        self.link.send("booted", ports)
-        self._publish_exits()
-        return True
+    def receive(self, spec: GuestSpec) -> bool:
+        """Be the target of a live migration: an empty VM takes the rounds, then the last copy; False if it fails."""
+        try:
+            self.host = Host([GuestSpec(self.name, b"", spec.monitor, spec.profile, spec.memsize)], self.settings.core)
+        except Exception as e:  # a monitor or profile this host cannot run
+            self.link.send("gone", f"cannot host VM {self.name}: {e}")
+            return False
+        target = migration.Target(spec.memsize, self.host, 0)
+        self.link.send("booted", {})
+        while True:
+            self.link.flush()
+            for op in self.link.receive(block=True):
+                if op[0] in ("stop", "quit"):  # the migration was given up: nothing is held yet
+                    self._handle(op)
+                    return False
+                try:
+                    (target.accept if op[0] == "round" else target.finish)(op[1])
+                except snapshot.SnapshotError as e:
+                    self._reply(op[2], None, e)
+                    if op[0] == "final":
+                        self.link.send("gone", f"VM {self.name} did not arrive: {e}")
+                        return False
+                    continue
+                self._reply(op[2], None)
+                if op[0] == "final":
+                    self._publish_exits()
+                    return True
 
     # --- the loop -----------------------------------------------------------------------------------------
     def serve(self) -> None:
@@ -324,13 +349,13 @@ def warm(core: str, monitor: str) -> None:
 
 
 def main(sock: socket.socket, name: str, spec: GuestSpec, services: tuple[str, ...], settings: Settings,
-         resume: tuple[bytes, dict[str, int]] | None = None) -> None:  # fmt: skip
-    """The VM process: boot the guest from ``spec`` (or resume it from a snapshot), then serve until the end."""
+         incoming: bool = False) -> None:  # fmt: skip
+    """The VM process: boot the guest from ``spec`` (or receive it by live migration), then serve until the end."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the front-end's: it tells each VM to quit
     link = Link(sock)
     server = VMServer(link, name, settings)
     try:
-        started = server.resume(*resume) if resume is not None else server.boot(spec, services)
+        started = server.receive(spec) if incoming else server.boot(spec, services)
         if started:
             server.serve()
     except Exception as e:  # a bug below the front-end: this VM is lost, the server goes on
