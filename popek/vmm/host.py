@@ -172,7 +172,7 @@ class Host:
             progressed = False
             for i, (vm, mon) in machines:
                 nic = vm.nic
-                if nic.inbox or nic.urgent_inbox:
+                if nic.queued:
                     nic.poll()  # the card looks at its rings between two of the VM's time slices
                 if vm.stopped or steps[i] >= max_steps:
                     continue

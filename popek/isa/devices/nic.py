@@ -150,7 +150,7 @@ class Nic:
 
     def poll(self) -> None:
         """Look at the receive rings now: move waiting messages into the descriptors the guest posted."""
-        if self.ctrl & CTRL_ENABLE:
+        if self.enabled:
             if self.urgent_inbox:
                 self.urx_i = self._receive(self.urgent_inbox, self.urx, self.urx_i, EV_URGENT, URG)
             if self.inbox:
@@ -184,7 +184,7 @@ class Nic:
         return i
 
     def _transmit(self) -> None:
-        if not self.ctrl & CTRL_ENABLE:
+        if not self.enabled:
             return
         buf, size, tx, put = self.buf, self.size, self.tx, _U32.pack_into
         sent = False
